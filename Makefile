@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the whole suite).
+# Both create a project-local .venv. torch is installed first from the pinned CPU build so that no
+# later requirement pulls the multi-GB CUDA build (see README, "Installation").
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+APT_PACKAGES := libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4 libavutil57 \
+	fluidsynth fluid-soundfont-gm timgm6mb-soundfont
+
+.PHONY: install test demo lint clean system-deps
+
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		echo ">> installing system packages (FFmpeg libraries for audio decoding, fluidsynth + soundfonts)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(STAMP): setup.py requirements-dev.txt
+	$(MAKE) system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e . -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) -m beats_hf.cli demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

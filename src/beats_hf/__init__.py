@@ -1,0 +1,52 @@
+"""beats_hf: BEATs (Chen et al., 2022) for Hugging Face transformers.
+
+Importing the package registers its configurations and models with the Auto classes.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForAudioFrameClassification,
+)
+
+from .configuration_beats import BeatsConfig, BeatsRandomProjectionConfig, BeatsTokenizationConfig
+from .feature_extraction_beats import BeatsFeatureExtractor
+from .modeling_beats import (
+    BeatsForAudioClassification,
+    BeatsForAudioFrameClassification,
+    BeatsForAudioTokenization,
+    BeatsModel,
+    BeatsModelOutput,
+    BeatsPreTrainedModel,
+    BeatsRandomProjectionForAudioTokenization,
+    BeatsTokenizationOutput,
+)
+
+__version__ = "0.1.0"
+
+for _config in (BeatsConfig, BeatsTokenizationConfig, BeatsRandomProjectionConfig):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoFeatureExtractor.register(_config, BeatsFeatureExtractor, exist_ok=True)
+AutoModel.register(BeatsConfig, BeatsModel, exist_ok=True)
+AutoModel.register(BeatsTokenizationConfig, BeatsForAudioTokenization, exist_ok=True)
+AutoModel.register(BeatsRandomProjectionConfig, BeatsRandomProjectionForAudioTokenization, exist_ok=True)
+AutoModelForAudioClassification.register(BeatsConfig, BeatsForAudioClassification, exist_ok=True)
+AutoModelForAudioFrameClassification.register(BeatsConfig, BeatsForAudioFrameClassification, exist_ok=True)
+
+__all__ = [
+    "BeatsConfig",
+    "BeatsTokenizationConfig",
+    "BeatsRandomProjectionConfig",
+    "BeatsFeatureExtractor",
+    "BeatsPreTrainedModel",
+    "BeatsModel",
+    "BeatsModelOutput",
+    "BeatsForAudioClassification",
+    "BeatsForAudioFrameClassification",
+    "BeatsForAudioTokenization",
+    "BeatsRandomProjectionForAudioTokenization",
+    "BeatsTokenizationOutput",
+    "__version__",
+]

@@ -1,0 +1,307 @@
+"""Configurations of BEATs models: the encoder family, the acoustic tokenizer and the random-projection tokenizer."""
+
+from transformers import PretrainedConfig
+
+_ACTIVATIONS = ("gelu", "gelu_accurate", "relu", "tanh", "linear")
+
+
+class BeatsConfig(PretrainedConfig):
+    r"""
+    Configuration of a BEATs encoder ([`BeatsModel`]) and of the models built on it ([`BeatsForAudioClassification`],
+    [`BeatsForAudioFrameClassification`], [`BeatsForMaskedAudioModeling`]). The defaults describe the released base
+    model (`BEATs_iter3_plus_AS2M.pt` and its siblings): 12 post-LN DeepNorm layers, 768 wide, 12 heads, gated bucketed
+    relative position bias (320 buckets, maximum distance 800), convolutional position embedding (128 taps, 16 groups).
+
+    Args:
+        num_mel_bins (`int`, *optional*, defaults to 128):
+            Mel bins of the input fbank (`input_features` is `(batch_size, frames, num_mel_bins)`).
+        patch_size (`int`, *optional*, defaults to 16):
+            Height and width of the square fbank patches (official `input_patch_size`).
+        patch_embedding_dim (`int`, *optional*, defaults to 512):
+            Channels of the patch embedding (official `embed_dim`). A linear projection to `hidden_size` follows when
+            the two differ.
+        patch_embedding_bias (`bool`, *optional*, defaults to `False`):
+            Whether the patch-embedding convolution has a bias (official `conv_bias`).
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width of the Transformer (official `encoder_embed_dim`).
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Number of Transformer layers.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads per layer; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 3072):
+            Inner width of the feed-forward blocks.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Feed-forward activation: one of `"gelu"` (exact, computed in float32 as the official code does),
+            `"gelu_accurate"` (tanh approximation), `"relu"`, `"tanh"`, `"linear"`.
+        layer_norm_first (`bool`, *optional*, defaults to `False`):
+            Pre-LN layers (with a final LayerNorm) instead of the released post-LN layers.
+        deep_norm (`bool`, *optional*, defaults to `True`):
+            DeepNorm: residuals scaled by (2N)^(1/4) and the matching initialisation. Post-LN only.
+        hidden_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the encoder input and on the residual branches (official `dropout`).
+        attention_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention probabilities.
+        activation_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout after the feed-forward activation.
+        input_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout after the patch projection (official `dropout_input`).
+        layerdrop (`float`, *optional*, defaults to 0.05):
+            Probability of skipping a whole layer in training (official `encoder_layerdrop`).
+        layer_wise_gradient_decay_ratio (`float`, *optional*, defaults to 0.6):
+            Gradients flowing down into layer i are scaled by this ratio once per layer above it (training only).
+        num_conv_pos_embeddings (`int`, *optional*, defaults to 128):
+            Kernel size of the convolutional position embedding (official `conv_pos`).
+        num_conv_pos_embedding_groups (`int`, *optional*, defaults to 16):
+            Groups of that convolution (official `conv_pos_groups`).
+        relative_position_bias (`bool`, *optional*, defaults to `True`):
+            Whether attention adds a T5-style bucketed relative position bias (official `relative_position_embedding`).
+        gated_relative_position_bias (`bool`, *optional*, defaults to `True`):
+            Whether each layer gates that bias per query (official `gru_rel_pos`).
+        num_buckets (`int`, *optional*, defaults to 320):
+            Relative position buckets, half per direction.
+        max_bucket_distance (`int`, *optional*, defaults to 800):
+            Distance (in patches) at which the logarithmic buckets saturate (official `max_distance`).
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5):
+            LayerNorm epsilon.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear layers.
+        classifier_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout before the classification head (official `predictor_dropout`).
+        use_weighted_layer_sum (`bool`, *optional*, defaults to `False`):
+            Classify from a learned softmax-weighted sum of all hidden states instead of the last one.
+        mask_ratio (`float`, *optional*, defaults to 0.75):
+            Share of valid patches masked in masked audio modeling.
+        num_target_codes (`int`, *optional*, defaults to 1024):
+            Size of the label vocabulary predicted in masked audio modeling (the tokenizer's codebook size).
+        predictor_num_layers (`int`, *optional*, defaults to 3):
+            Transformer layers of the masked-audio-modeling label predictor.
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the masked-audio-modeling cross-entropy.
+    """
+
+    model_type = "beats_hf"
+
+    def __init__(
+        self,
+        num_mel_bins: int = 128,
+        patch_size: int = 16,
+        patch_embedding_dim: int = 512,
+        patch_embedding_bias: bool = False,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_first: bool = False,
+        deep_norm: bool = True,
+        hidden_dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        layerdrop: float = 0.05,
+        layer_wise_gradient_decay_ratio: float = 0.6,
+        num_conv_pos_embeddings: int = 128,
+        num_conv_pos_embedding_groups: int = 16,
+        relative_position_bias: bool = True,
+        gated_relative_position_bias: bool = True,
+        num_buckets: int = 320,
+        max_bucket_distance: int = 800,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        classifier_dropout: float = 0.0,
+        use_weighted_layer_sum: bool = False,
+        mask_ratio: float = 0.75,
+        num_target_codes: int = 1024,
+        predictor_num_layers: int = 3,
+        label_smoothing: float = 0.0,
+        **kwargs,
+    ):
+        self.num_mel_bins = num_mel_bins
+        self.patch_size = patch_size
+        self.patch_embedding_dim = patch_embedding_dim
+        self.patch_embedding_bias = patch_embedding_bias
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_first = layer_norm_first
+        self.deep_norm = deep_norm
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.input_dropout = input_dropout
+        self.layerdrop = layerdrop
+        self.layer_wise_gradient_decay_ratio = layer_wise_gradient_decay_ratio
+        self.num_conv_pos_embeddings = num_conv_pos_embeddings
+        self.num_conv_pos_embedding_groups = num_conv_pos_embedding_groups
+        self.relative_position_bias = relative_position_bias
+        self.gated_relative_position_bias = gated_relative_position_bias
+        self.num_buckets = num_buckets
+        self.max_bucket_distance = max_bucket_distance
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.classifier_dropout = classifier_dropout
+        self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.mask_ratio = mask_ratio
+        self.num_target_codes = num_target_codes
+        self.predictor_num_layers = predictor_num_layers
+        self.label_smoothing = label_smoothing
+        super().__init__(**kwargs)
+        self._validate()
+
+    @property
+    def num_frequency_patches(self) -> int:
+        """Patches per row of 16 frames (8 for 128 mel bins)."""
+        return self.num_mel_bins // self.patch_size
+
+    def _validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"Invalid {type(self).__name__}: {message}")
+
+        for name in (
+            "num_mel_bins",
+            "patch_size",
+            "patch_embedding_dim",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_conv_pos_embeddings",
+            "num_conv_pos_embedding_groups",
+            "num_target_codes",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.num_mel_bins % self.patch_size:
+            fail(f"`num_mel_bins` ({self.num_mel_bins}) must be a multiple of `patch_size` ({self.patch_size}).")
+        if self.hidden_size % self.num_attention_heads:
+            fail(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            fail(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_conv_pos_embedding_groups` "
+                f"({self.num_conv_pos_embedding_groups})."
+            )
+        if self.hidden_act not in _ACTIVATIONS:
+            fail(f"`hidden_act` must be one of {_ACTIVATIONS}, got {self.hidden_act!r}.")
+        if self.deep_norm and self.layer_norm_first:
+            fail("`deep_norm=True` needs post-LN layers: set `layer_norm_first=False` or `deep_norm=False`.")
+        if self.relative_position_bias:
+            if self.num_buckets < 4 or self.num_buckets % 2:
+                fail(f"`num_buckets` must be an even integer >= 4, got {self.num_buckets!r}.")
+            if self.max_bucket_distance <= self.num_buckets // 4:
+                fail(
+                    f"`max_bucket_distance` ({self.max_bucket_distance}) must exceed num_buckets // 4 "
+                    f"({self.num_buckets // 4}), where logarithmic bucketing starts."
+                )
+        elif self.gated_relative_position_bias:
+            fail("`gated_relative_position_bias=True` needs `relative_position_bias=True`.")
+        for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "input_dropout", "layerdrop",
+                     "classifier_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                fail(f"`{name}` must lie in [0, 1), got {value!r}.")
+        if not 0.0 < self.mask_ratio < 1.0:
+            fail(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio!r}.")
+        if not 0.0 < self.layer_wise_gradient_decay_ratio <= 1.0:
+            fail(f"`layer_wise_gradient_decay_ratio` must lie in (0, 1], got {self.layer_wise_gradient_decay_ratio!r}.")
+        if self.predictor_num_layers < 0:
+            fail(f"`predictor_num_layers` must be >= 0, got {self.predictor_num_layers!r}.")
+
+
+class BeatsTokenizationConfig(BeatsConfig):
+    r"""
+    Configuration of a BEATs acoustic tokenizer ([`BeatsForAudioTokenization`]): a BEATs encoder, a quantizer
+    projection (Linear-Tanh-Linear to `codebook_dim`) and an L2-normalised codebook of `codebook_size` vectors. It takes
+    every [`BeatsConfig`] argument plus the following ones.
+
+    Args:
+        codebook_size (`int`, *optional*, defaults to 1024):
+            Number of codes (official `quant_n`).
+        codebook_dim (`int`, *optional*, defaults to 256):
+            Dimension of the codes (official `quant_dim`).
+        codebook_decay (`float`, *optional*, defaults to 0.99):
+            Exponential-moving-average decay of the codebook during tokenizer training.
+        commitment_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the commitment loss during tokenizer training (official `beta`).
+        estimator_num_layers (`int`, *optional*, defaults to 3):
+            Transformer layers of the estimator that reconstructs the teacher from the quantized vectors (training
+            only; the estimator is not part of the saved tokenizer).
+    """
+
+    model_type = "beats_hf_tokenization"
+
+    def __init__(
+        self,
+        codebook_size: int = 1024,
+        codebook_dim: int = 256,
+        codebook_decay: float = 0.99,
+        commitment_weight: float = 1.0,
+        estimator_num_layers: int = 3,
+        **kwargs,
+    ):
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.codebook_decay = codebook_decay
+        self.commitment_weight = commitment_weight
+        self.estimator_num_layers = estimator_num_layers
+        super().__init__(**kwargs)
+        for name in ("codebook_size", "codebook_dim", "estimator_num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Invalid {type(self).__name__}: `{name}` must be a positive integer, got {value!r}.")
+        if not 0.0 < codebook_decay < 1.0:
+            raise ValueError(f"Invalid {type(self).__name__}: `codebook_decay` must lie in (0, 1), got {codebook_decay!r}.")
+
+
+class BeatsRandomProjectionConfig(PretrainedConfig):
+    r"""
+    Configuration of the iteration-1 random-projection tokenizer ([`BeatsRandomProjectionForAudioTokenization`],
+    paper §3.2): each 16x16 patch of the normalised fbank is projected by a frozen random matrix and labelled with its
+    nearest code in a frozen random L2-normalised codebook. Everything is drawn from `seed`.
+
+    Args:
+        num_mel_bins (`int`, *optional*, defaults to 128): Mel bins of the input fbank.
+        patch_size (`int`, *optional*, defaults to 16): Patch height and width.
+        codebook_size (`int`, *optional*, defaults to 1024): Number of codes.
+        codebook_dim (`int`, *optional*, defaults to 256): Dimension of the projection and of the codes.
+        seed (`int`, *optional*, defaults to 0): Seed of the projection and the codebook.
+    """
+
+    model_type = "beats_hf_random_projection"
+
+    def __init__(
+        self,
+        num_mel_bins: int = 128,
+        patch_size: int = 16,
+        codebook_size: int = 1024,
+        codebook_dim: int = 256,
+        seed: int = 0,
+        **kwargs,
+    ):
+        self.num_mel_bins = num_mel_bins
+        self.patch_size = patch_size
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.seed = seed
+        super().__init__(**kwargs)
+        for name in ("num_mel_bins", "patch_size", "codebook_size", "codebook_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Invalid {type(self).__name__}: `{name}` must be a positive integer, got {value!r}.")
+        if num_mel_bins % patch_size:
+            raise ValueError(
+                f"Invalid {type(self).__name__}: `num_mel_bins` ({num_mel_bins}) must be a multiple of `patch_size` "
+                f"({patch_size})."
+            )
+
+    @property
+    def num_frequency_patches(self) -> int:
+        return self.num_mel_bins // self.patch_size
+
+
+__all__ = ["BeatsConfig", "BeatsTokenizationConfig", "BeatsRandomProjectionConfig"]

@@ -1,0 +1,804 @@
+"""PyTorch BEATs: the encoder, its classification heads and the acoustic tokenizers.
+
+Reads top to bottom: helpers -> patch embedding -> position embeddings -> attention -> layer -> encoder ->
+PreTrainedModel -> BeatsModel -> heads -> tokenizers.
+
+Conventions used throughout: `input_features` is the normalised Kaldi fbank `(batch, frames, num_mel_bins)` and its
+`attention_mask` is frame-level (1 = real frame). Patches are ordered time-major (`p = row * 8 + band` for 128 mel
+bins), and a patch is valid only when all its frames are valid, so each clip of a padded batch gives the outputs it
+gives alone (the official code does not; see the README).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_beats import BeatsConfig, BeatsRandomProjectionConfig, BeatsTokenizationConfig
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def patch_mask_from_frame_mask(attention_mask: torch.Tensor, patch_size: int, frequency_patches: int) -> torch.Tensor:
+    """Frame-level mask `(batch, frames)` -> patch-level bool mask `(batch, patches)`, True = valid.
+
+    A row of `patch_size` frames is valid only if all its frames are; trailing frames that do not fill a row are
+    dropped, as the patch convolution drops them. Each row holds `frequency_patches` patches (time-major order).
+    """
+    batch_size, num_frames = attention_mask.shape
+    num_rows = num_frames // patch_size
+    rows = attention_mask[:, : num_rows * patch_size].reshape(batch_size, num_rows, patch_size).bool().all(-1)
+    return rows.repeat_interleave(frequency_patches, dim=1)
+
+
+def relative_position_buckets(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5-style bidirectional buckets, computed exactly as the official code does (float32 log, truncation)."""
+    half = num_buckets // 2
+    buckets = (relative_position > 0).long() * half
+    distance = relative_position.abs()
+    max_exact = half // 2
+    is_small = distance < max_exact
+    # clamp(min=1) only avoids log(0) at the positions `is_small` selects anyway.
+    log_ratio = torch.log(distance.clamp(min=1).float() / max_exact) / math.log(max_distance / max_exact)
+    if_large = max_exact + (log_ratio * (half - max_exact)).long()
+    if_large = if_large.clamp(max=half - 1)
+    return buckets + torch.where(is_small, distance, if_large)
+
+
+class _GradMultiply(torch.autograd.Function):
+    """Identity forward, gradient scaled by `scale` backward (layer-wise gradient decay)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def _gelu_float32(x: torch.Tensor) -> torch.Tensor:
+    # The official FFN computes the exact GELU in float32 whatever the input dtype.
+    return F.gelu(x.float()).type_as(x)
+
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": _gelu_float32,
+    "gelu_accurate": lambda x: F.gelu(x.float(), approximate="tanh").type_as(x),
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BeatsModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, patches, hidden_size)`):
+        Output of the last layer (after the final LayerNorm for pre-LN models). Positions where `patch_mask` is False
+        hold padding and should be ignored.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The encoder input (after the convolutional position embedding, and its LayerNorm for post-LN models) and the
+        output of every layer, each `(batch_size, patches, hidden_size)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Attention probabilities of every layer, `(batch_size, num_heads, patches, patches)` (eager attention only).
+    patch_mask (`torch.BoolTensor` of shape `(batch_size, patches)`):
+        True for the valid patches of each clip.
+    position_ids (`torch.LongTensor` of shape `(batch_size, patches)`, *optional*):
+        Only with `bool_masked_pos`: the position, in the full patch sequence, of each encoded (visible) patch.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    patch_mask: torch.BoolTensor | None = None
+    position_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class BeatsTokenizationOutput(ModelOutput):
+    r"""
+    token_ids (`torch.LongTensor` of shape `(batch_size, patches)`):
+        Index of the nearest code of every patch; -100 (the cross-entropy `ignore_index`) at padded patches.
+    patch_mask (`torch.BoolTensor` of shape `(batch_size, patches)`):
+        True for the valid patches of each clip.
+    quantized (`torch.FloatTensor` of shape `(batch_size, patches, codebook_dim)`):
+        The chosen codes (zero at padded patches).
+    embeddings (`torch.FloatTensor` of shape `(batch_size, patches, codebook_dim)`):
+        The L2-normalised vectors that were quantized.
+    """
+
+    token_ids: torch.LongTensor | None = None
+    patch_mask: torch.BoolTensor | None = None
+    quantized: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class BeatsPatchEmbeddings(nn.Module):
+    """16x16 fbank patches -> Conv2d -> LayerNorm -> optional projection to `hidden_size`."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.projection = nn.Conv2d(
+            1,
+            config.patch_embedding_dim,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=config.patch_embedding_bias,
+        )
+        self.layer_norm = nn.LayerNorm(config.patch_embedding_dim, eps=config.layer_norm_eps)
+        self.post_projection = (
+            nn.Linear(config.patch_embedding_dim, config.hidden_size)
+            if config.patch_embedding_dim != config.hidden_size
+            else None
+        )
+        self.dropout = nn.Dropout(config.input_dropout)
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        num_frames = input_features.shape[1]
+        if num_frames < self.patch_size:
+            raise ValueError(
+                f"`input_features` has {num_frames} frames but BEATs needs at least {self.patch_size} (one patch row, "
+                "0.175 s of 16 kHz audio)."
+            )
+        # (B, T, F) -> (B, C, T/16, F/16) -> (B, P, C) with time-major patch order.
+        patches = self.projection(input_features.unsqueeze(1)).flatten(2).transpose(1, 2)
+        patches = self.layer_norm(patches)
+        if self.post_projection is not None:
+            patches = self.post_projection(patches)
+        return self.dropout(patches)
+
+
+class BeatsPositionalConvEmbedding(nn.Module):
+    """Grouped Conv1d over the patch sequence with weight norm (per kernel tap), 'same' padding for an even kernel
+    (last output dropped), then GELU."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        conv = nn.Conv1d(
+            config.hidden_size,
+            config.hidden_size,
+            kernel_size=config.num_conv_pos_embeddings,
+            padding=config.num_conv_pos_embeddings // 2,
+            groups=config.num_conv_pos_embedding_groups,
+        )
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.remove_last = config.num_conv_pos_embeddings % 2 == 0
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = self.conv(hidden_states.transpose(1, 2))
+        if self.remove_last:
+            output = output[:, :, :-1]
+        return F.gelu(output).transpose(1, 2)
+
+
+class BeatsRelativePositionBias(nn.Module):
+    """The bucketed relative position bias, one table shared by all layers (the official layers alias layer 0's)."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.num_buckets = config.num_buckets
+        self.max_distance = config.max_bucket_distance
+        self.rel_attn_embed = nn.Embedding(config.num_buckets, config.num_attention_heads)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """`position_ids` `(batch or 1, length)` -> bias `(batch or 1, heads, length, length)`."""
+        relative_position = position_ids[:, None, :] - position_ids[:, :, None]  # key - query
+        buckets = relative_position_buckets(relative_position, self.num_buckets, self.max_distance)
+        return self.rel_attn_embed(buckets).permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention, layer, encoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class BeatsAttention(nn.Module):
+    """Multi-head self-attention with the (optionally gated) relative position bias folded into an additive mask."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        if config.gated_relative_position_bias:
+            # The gate of each query: 8 logits summed in two groups of 4, as the official `grep_linear`.
+            self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
+            self.gru_rel_pos_const = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_bias: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, length, _ = hidden_states.shape
+        hidden_shape = (batch_size, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_mask = None
+        if position_bias is not None:
+            if self.config.gated_relative_position_bias:
+                gate_logits = self.gru_rel_pos_linear(query).view(batch_size, self.num_heads, length, 2, 4).sum(-1)
+                gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)
+                gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
+                position_bias = gate * position_bias
+            attention_mask = position_bias.to(query.dtype)
+        if key_padding_mask is not None:
+            key_bias = key_padding_mask.to(query.dtype)
+            attention_mask = key_bias if attention_mask is None else attention_mask + key_bias
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(batch_size, length, -1)
+        return self.out_proj(attn_output), attn_weights
+
+
+class BeatsFeedForward(nn.Module):
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(hidden_states))))
+
+
+class BeatsEncoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.layer_norm_first = config.layer_norm_first
+        self.residual_scale = (2.0 * config.num_hidden_layers) ** 0.25 if config.deep_norm else 1.0
+        self.self_attn = BeatsAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = BeatsFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_bias: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.layer_norm_first:
+            attn_output, attn_weights = self.self_attn(
+                self.self_attn_layer_norm(hidden_states), position_bias, key_padding_mask, **kwargs
+            )
+            hidden_states = hidden_states + self.dropout(attn_output)
+            hidden_states = hidden_states + self.dropout(self.feed_forward(self.final_layer_norm(hidden_states)))
+        else:
+            attn_output, attn_weights = self.self_attn(hidden_states, position_bias, key_padding_mask, **kwargs)
+            hidden_states = self.self_attn_layer_norm(hidden_states * self.residual_scale + self.dropout(attn_output))
+            ff_output = self.dropout(self.feed_forward(hidden_states))
+            hidden_states = self.final_layer_norm(hidden_states * self.residual_scale + ff_output)
+        return hidden_states, attn_weights
+
+
+class BeatsEncoder(nn.Module):
+    """Convolutional position embedding, (post-LN) input LayerNorm, the layer stack, (pre-LN) final LayerNorm."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.config = config
+        self.pos_conv_embed = BeatsPositionalConvEmbedding(config)
+        self.relative_position_bias = BeatsRelativePositionBias(config) if config.relative_position_bias else None
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList([BeatsEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        patch_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BeatsModelOutput:
+        batch_size, num_patches, _ = hidden_states.shape
+        visible = patch_mask
+        if bool_masked_pos is not None:
+            visible = ~bool_masked_pos if visible is None else visible & ~bool_masked_pos
+        if visible is not None:
+            # Padded and masked patches are zeroed before the position convolution, so nothing leaks from them.
+            hidden_states = hidden_states * visible.unsqueeze(-1).to(hidden_states.dtype)
+        hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
+
+        position_ids = torch.arange(num_patches, device=hidden_states.device).unsqueeze(0)
+        if bool_masked_pos is not None:
+            # Encode only the visible patches (MAE style), each keeping its true position for the relative bias.
+            num_visible = visible.sum(-1)
+            order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)[:, : int(num_visible.max())]
+            hidden_states = torch.gather(hidden_states, 1, order.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+            visible = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < num_visible.unsqueeze(1)
+            position_ids = order
+
+        if not self.config.layer_norm_first:
+            hidden_states = self.layer_norm(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+
+        position_bias = self.relative_position_bias(position_ids) if self.relative_position_bias is not None else None
+        key_padding_mask = None
+        if visible is not None:
+            # Additive key mask, finite so that an all-padded row gives no NaN.
+            key_padding_mask = torch.zeros(visible.shape, dtype=hidden_states.dtype, device=visible.device)
+            key_padding_mask = key_padding_mask.masked_fill(~visible, torch.finfo(hidden_states.dtype).min)
+            key_padding_mask = key_padding_mask[:, None, None, :]
+
+        decay = self.config.layer_wise_gradient_decay_ratio
+        for layer in self.layers:
+            if decay != 1.0 and torch.is_grad_enabled():
+                hidden_states = _GradMultiply.apply(hidden_states, decay)
+            if self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop:
+                continue
+            hidden_states, _ = layer(hidden_states, position_bias, key_padding_mask, **kwargs)
+
+        if self.config.layer_norm_first:
+            hidden_states = self.layer_norm(hidden_states)
+        return BeatsModelOutput(
+            last_hidden_state=hidden_states,
+            patch_mask=visible if visible is not None else None,
+            position_ids=position_ids if bool_masked_pos is not None else None,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-trained model base
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class BeatsPreTrainedModel(PreTrainedModel):
+    config_class = BeatsConfig
+    config: BeatsConfig
+    base_model_prefix = "beats"
+    main_input_name = "input_features"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BeatsEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # the bias is an arbitrary float mask
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _can_record_outputs = {"hidden_states": BeatsEncoderLayer, "attentions": BeatsAttention}
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        config = self.config
+        deep_norm_gain = (8.0 * config.num_hidden_layers) ** -0.25 if getattr(config, "deep_norm", False) else 1.0
+        if isinstance(module, BeatsPositionalConvEmbedding):
+            conv = module.conv
+            std = math.sqrt(4.0 / (conv.kernel_size[0] * conv.in_channels))
+            direction = conv.parametrizations.weight.original1
+            init.normal_(direction, mean=0.0, std=std)
+            init.copy_(conv.parametrizations.weight.original0, direction.norm(dim=(0, 1), keepdim=True))
+            init.zeros_(conv.bias)
+        elif isinstance(module, BeatsAttention):
+            if getattr(config, "deep_norm", False):
+                for proj, gain in ((module.q_proj, 1.0), (module.k_proj, 1.0), (module.v_proj, deep_norm_gain),
+                                   (module.out_proj, deep_norm_gain)):
+                    init.xavier_normal_(proj.weight, gain=gain)
+            if hasattr(module, "gru_rel_pos_const"):
+                init.ones_(module.gru_rel_pos_const)
+        elif isinstance(module, BeatsFeedForward) and getattr(config, "deep_norm", False):
+            init.xavier_normal_(module.fc1.weight, gain=deep_norm_gain)
+            init.xavier_normal_(module.fc2.weight, gain=deep_norm_gain)
+        elif isinstance(module, BeatsForAudioClassification) and module.layer_weights is not None:
+            init.constant_(module.layer_weights, 1.0 / module.layer_weights.numel())
+        elif isinstance(module, BeatsQuantizer):
+            init.copy_(module.codebook, F.normalize(torch.randn_like(module.codebook), dim=-1))
+
+    def compute_patch_mask(self, attention_mask: torch.Tensor | None, num_patches: int) -> torch.Tensor | None:
+        """Frame-level `attention_mask` -> patch-level bool mask (True = valid), or None when all frames are valid."""
+        if attention_mask is None:
+            return None
+        patch_mask = patch_mask_from_frame_mask(
+            attention_mask, self.config.patch_size, self.config.num_frequency_patches
+        )
+        if patch_mask.shape[1] != num_patches:
+            raise ValueError(f"attention_mask gives {patch_mask.shape[1]} patches but the features give {num_patches}.")
+        return patch_mask
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Base model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+_INPUTS_DOCSTRING = r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`] (at least 16 frames).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding, as returned by [`BeatsFeatureExtractor`]. A patch is used only if all
+            its frames are real. Without it every frame counts as real.
+"""
+
+
+class BeatsModel(BeatsPreTrainedModel):
+    """The bare BEATs encoder: fbank patches in, one vector per patch out."""
+
+    # The masked-audio-modeling heads are dropped silently when a pre-training folder is loaded as a BeatsModel.
+    _keys_to_ignore_on_load_unexpected = [r"^label_predictor\.", r"^mask_embedding", r"^classifier\.",
+                                          r"^layer_weights"]
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__(config)
+        self.patch_embeddings = BeatsPatchEmbeddings(config)
+        self.encoder = BeatsEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.patch_embeddings.projection
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BeatsModelOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`] (at least 16 frames).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding, as returned by [`BeatsFeatureExtractor`]. A patch is used only if all
+            its frames are real. Without it every frame counts as real.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, patches)`, *optional*):
+            Patches to hide (masked audio modeling). Only the visible patches are encoded, keeping their true
+            positions; the outputs then have `max(visible)` positions, described by `patch_mask` and `position_ids`.
+        """
+        hidden_states = self.patch_embeddings(input_features)
+        patch_mask = self.compute_patch_mask(attention_mask, hidden_states.shape[1])
+        return self.encoder(hidden_states, patch_mask, bool_masked_pos, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean of `values` over `dim` where `mask` (broadcastable bool) is True; an all-masked slice gives 0."""
+    if mask is None:
+        return values.mean(dim)
+    weights = mask.to(values.dtype)
+    return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
+
+
+def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss chosen by `config.problem_type` (inferred from the labels when unset, as transformers does)."""
+    num_labels = logits.shape[-1]
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(logits.shape[:-1]))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.float().reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100)
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    raise ValueError(f"Unknown problem_type {config.problem_type!r}.")
+
+
+class _BeatsHeadMixin:
+    """Shared by the classification heads: frozen parts and the optional weighted sum of layers."""
+
+    def freeze_feature_encoder(self) -> None:
+        """Freeze the patch embedding (convolution, LayerNorm, projection), as Wav2Vec2 heads freeze their CNN."""
+        for parameter in self.beats.patch_embeddings.parameters():
+            parameter.requires_grad = False
+
+    def freeze_base_model(self) -> None:
+        """Freeze the whole encoder (linear probing)."""
+        for parameter in self.beats.parameters():
+            parameter.requires_grad = False
+
+    def _encode(self, input_features, attention_mask, kwargs) -> tuple[torch.Tensor, torch.Tensor | None, BeatsModelOutput]:
+        if self.config.use_weighted_layer_sum:
+            kwargs["output_hidden_states"] = True
+        outputs = self.beats(input_features, attention_mask=attention_mask, **kwargs)
+        if self.config.use_weighted_layer_sum:
+            stacked = torch.stack(outputs.hidden_states, dim=0)
+            weights = F.softmax(self.layer_weights, dim=0).to(stacked.dtype)
+            hidden_states = (stacked * weights.view(-1, 1, 1, 1)).sum(0)
+        else:
+            hidden_states = outputs.last_hidden_state
+        return hidden_states, outputs.patch_mask, outputs
+
+
+class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
+    """BEATs with the official fine-tuning head: a linear layer per patch, averaged over the valid patches. Returns
+    logits (apply a sigmoid for AudioSet probabilities, a softmax for single-label tasks)."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__(config)
+        self.beats = BeatsModel(config)
+        num_layers = config.num_hidden_layers + 1
+        self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers) if config.use_weighted_layer_sum else None
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`].
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding.
+        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            Class indices (single-label), multi-hot targets (multi-label, AudioSet) or values (regression); the loss
+            follows `config.problem_type`.
+        """
+        hidden_states, patch_mask, outputs = self._encode(input_features, attention_mask, kwargs)
+        # As the official head: logits per patch, then the mean over valid patches.
+        patch_logits = self.classifier(self.dropout(hidden_states))
+        logits = _masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
+    """BEATs with a per-frame head for sound event detection: one prediction per row of 16 fbank frames (160 ms),
+    from the mean of the row's frequency patches."""
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__(config)
+        self.beats = BeatsModel(config)
+        num_layers = config.num_hidden_layers + 1
+        self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers) if config.use_weighted_layer_sum else None
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`].
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding.
+        labels (`torch.LongTensor` of shape `(batch_size, frames // 16)` or `torch.FloatTensor` of shape `(batch_size, frames // 16, num_labels)`, *optional*):
+            Per-row targets: class indices (-100 is ignored) or multi-hot vectors (padded rows must be masked by the
+            caller with -100 for single-label).
+        """
+        hidden_states, patch_mask, outputs = self._encode(input_features, attention_mask, kwargs)
+        batch_size, num_patches, hidden_size = hidden_states.shape
+        bands = self.config.num_frequency_patches
+        rows = hidden_states.view(batch_size, num_patches // bands, bands, hidden_size).mean(2)
+        logits = self.classifier(self.dropout(rows))
+        loss = None
+        if labels is not None:
+            if patch_mask is not None and labels.dtype not in (torch.long, torch.int):
+                row_mask = patch_mask.view(batch_size, -1, bands)[..., 0]
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+                loss = _masked_mean(loss.mean(-1), row_mask, dim=(0, 1))
+            else:
+                loss = _classification_loss(self.config, logits, labels)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Acoustic tokenizers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def nearest_code(embeddings: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest code by squared Euclidean distance (|z|^2 + |e|^2 - 2 z.e, as the official code, which
+    does not assume unit-norm codes). Ties go to the lowest index."""
+    distances = (
+        embeddings.pow(2).sum(-1, keepdim=True)
+        + codebook.pow(2).sum(-1)
+        - 2.0 * torch.matmul(embeddings, codebook.t())
+    )
+    return distances.argmin(-1)
+
+
+def _tokenization_output(embeddings, codebook, patch_mask) -> BeatsTokenizationOutput:
+    token_ids = nearest_code(embeddings, codebook)
+    quantized = F.embedding(token_ids, codebook)
+    if patch_mask is not None:
+        token_ids = token_ids.masked_fill(~patch_mask, -100)
+        quantized = quantized * patch_mask.unsqueeze(-1).to(quantized.dtype)
+    return BeatsTokenizationOutput(token_ids=token_ids, patch_mask=patch_mask, quantized=quantized, embeddings=embeddings)
+
+
+class BeatsQuantizer(nn.Module):
+    """Linear-Tanh-Linear projection to the codebook space, L2 normalisation, and the codebook."""
+
+    def __init__(self, config: BeatsTokenizationConfig):
+        super().__init__()
+        self.projection = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.Tanh(),
+            nn.Linear(config.hidden_size, config.codebook_dim),
+        )
+        # Trained by exponential moving average, never by the optimiser.
+        self.codebook = nn.Parameter(torch.empty(config.codebook_size, config.codebook_dim), requires_grad=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(hidden_states), dim=-1)
+
+
+class BeatsForAudioTokenization(BeatsPreTrainedModel):
+    """The BEATs acoustic tokenizer: a BEATs encoder and a quantizer that labels every patch with its nearest code."""
+
+    config_class = BeatsTokenizationConfig
+    config: BeatsTokenizationConfig
+
+    def __init__(self, config: BeatsTokenizationConfig):
+        super().__init__(config)
+        self.beats = BeatsModel(config)
+        self.quantizer = BeatsQuantizer(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BeatsTokenizationOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`].
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding.
+        """
+        outputs = self.beats(input_features, attention_mask=attention_mask, **kwargs)
+        embeddings = self.quantizer(outputs.last_hidden_state)
+        return _tokenization_output(embeddings, self.quantizer.codebook, outputs.patch_mask)
+
+
+class BeatsRandomProjectionForAudioTokenization(PreTrainedModel):
+    """The iteration-1 tokenizer (paper §3.2): a frozen random projection of each patch's fbank values and a frozen
+    random L2-normalised codebook, both drawn from `config.seed` on the CPU so every process gets the same ones."""
+
+    config_class = BeatsRandomProjectionConfig
+    config: BeatsRandomProjectionConfig
+    base_model_prefix = "random_projection"
+    main_input_name = "input_features"
+    input_modalities = ("audio",)
+
+    def __init__(self, config: BeatsRandomProjectionConfig):
+        super().__init__(config)
+        patch_dim = config.patch_size * config.patch_size
+        self.projection = nn.Parameter(torch.empty(patch_dim, config.codebook_dim), requires_grad=False)
+        self.codebook = nn.Parameter(torch.empty(config.codebook_size, config.codebook_dim), requires_grad=False)
+        self.post_init()
+
+    def draw_projection_and_codebook(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        patch_dim = self.config.patch_size * self.config.patch_size
+        projection = torch.randn(patch_dim, self.config.codebook_dim, generator=generator) / math.sqrt(patch_dim)
+        codebook = F.normalize(torch.randn(self.config.codebook_size, self.config.codebook_dim, generator=generator), dim=-1)
+        return projection, codebook
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self:
+            projection, codebook = self.draw_projection_and_codebook()
+            init.copy_(self.projection, projection)
+            init.copy_(self.codebook, codebook)
+
+    def patchify(self, input_features: torch.Tensor) -> torch.Tensor:
+        """`(batch, frames, mel)` -> `(batch, patches, patch_size**2)` in the encoder's time-major patch order."""
+        size = self.config.patch_size
+        batch_size, num_frames, num_bins = input_features.shape
+        rows = num_frames // size
+        patches = input_features[:, : rows * size].reshape(batch_size, rows, size, num_bins // size, size)
+        return patches.permute(0, 1, 3, 2, 4).reshape(batch_size, rows * (num_bins // size), size * size)
+
+    def forward(
+        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BeatsTokenizationOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`].
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding.
+        """
+        patches = self.patchify(input_features.to(self.projection.dtype))
+        embeddings = F.normalize(patches @ self.projection, dim=-1)
+        patch_mask = None
+        if attention_mask is not None:
+            patch_mask = patch_mask_from_frame_mask(
+                attention_mask, self.config.patch_size, self.config.num_frequency_patches
+            )
+        return _tokenization_output(embeddings, self.codebook, patch_mask)
+
+
+__all__ = [
+    "BeatsPreTrainedModel",
+    "BeatsModel",
+    "BeatsForAudioClassification",
+    "BeatsForAudioFrameClassification",
+    "BeatsForAudioTokenization",
+    "BeatsRandomProjectionForAudioTokenization",
+    "BeatsModelOutput",
+    "BeatsTokenizationOutput",
+]
