@@ -1,0 +1,382 @@
+"""Model tests in the transformers style: a tiny-config tester and our own common checks."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
+
+from beats_hf import (
+    BeatsConfig,
+    BeatsForAudioClassification,
+    BeatsForAudioFrameClassification,
+    BeatsModel,
+)
+
+
+class BeatsModelTester:
+    """Builds tiny configs and inputs: 3 clips of 80, 64 and 37 frames in one padded batch."""
+
+    batch_size = 3
+    num_frames = 80
+    lengths = (80, 64, 37)  # 37 frames: 2 full rows of 16 (16 patches), 5 frames that fill no patch
+
+    def get_config(self, **overrides) -> BeatsConfig:
+        kwargs = dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            patch_embedding_dim=24,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            num_buckets=32,
+            max_bucket_distance=64,
+            layerdrop=0.0,
+            num_labels=5,
+        )
+        kwargs.update(overrides)
+        return BeatsConfig(**kwargs)
+
+    def get_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        features = torch.randn(self.batch_size, self.num_frames, 128, generator=generator)
+        mask = torch.zeros(self.batch_size, self.num_frames, dtype=torch.long)
+        for index, length in enumerate(self.lengths):
+            mask[index, :length] = 1
+            features[index, length:] = 0.0
+        return {"input_features": features, "attention_mask": mask}
+
+    @staticmethod
+    def valid_patches(num_frames: int) -> int:
+        return (num_frames // 16) * 8
+
+
+TESTER = BeatsModelTester()
+ALL_HEADS = (BeatsModel, BeatsForAudioClassification, BeatsForAudioFrameClassification)
+CONFIG_VARIANTS = {
+    "release": {},
+    "pre_ln_no_gate_no_proj": dict(
+        layer_norm_first=True, deep_norm=False, gated_relative_position_bias=False, patch_embedding_dim=32,
+        patch_embedding_bias=True,
+    ),
+    "no_relative_bias": dict(relative_position_bias=False, gated_relative_position_bias=False),
+}
+
+
+def build(model_class, attn_implementation: str = "sdpa", **overrides):
+    torch.manual_seed(0)
+    config = TESTER.get_config(**overrides)
+    config._attn_implementation = attn_implementation
+    return model_class(config).eval()
+
+
+def first_output(outputs) -> torch.Tensor:
+    return outputs.logits if hasattr(outputs, "logits") else outputs.last_hidden_state
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_default_config_is_the_released_base_architecture():
+    config = BeatsConfig()
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
+        12, 768, 12, 3072,
+    )
+    assert (config.patch_size, config.patch_embedding_dim, config.num_buckets, config.max_bucket_distance) == (
+        16, 512, 320, 800,
+    )
+    assert not config.layer_norm_first and config.deep_norm and config.gated_relative_position_bias
+    assert (config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups) == (128, 16)
+
+
+def test_config_round_trip(tmp_path):
+    config = TESTER.get_config(layer_norm_first=True, deep_norm=False, mask_ratio=0.6, use_weighted_layer_sum=True)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is BeatsConfig
+    assert loaded.to_diff_dict() | {"_name_or_path": ""} == config.to_diff_dict() | {"_name_or_path": ""}
+    assert loaded.mask_ratio == 0.6 and loaded.layer_norm_first and loaded.use_weighted_layer_sum
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(hidden_size=30), "divisible by `num_attention_heads`"),
+        (dict(num_mel_bins=120), "multiple of `patch_size`"),
+        (dict(hidden_act="swish"), "`hidden_act` must be one of"),
+        (dict(layer_norm_first=True, deep_norm=True), "deep_norm=True"),
+        (dict(relative_position_bias=False, gated_relative_position_bias=True), "needs `relative_position_bias"),
+        (dict(hidden_dropout=1.5), "`hidden_dropout` must lie in"),
+        (dict(mask_ratio=1.0), "`mask_ratio`"),
+        (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer"),
+        (dict(num_buckets=31), "`num_buckets` must be an even integer"),
+    ],
+)
+def test_config_validation(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TESTER.get_config(**overrides)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Common checks
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", ALL_HEADS)
+def test_save_load_round_trip(model_class, tmp_path):
+    model = build(model_class)
+    inputs = TESTER.get_inputs()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = model_class.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(first_output(loaded(**inputs)), first_output(model(**inputs)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", sorted(CONFIG_VARIANTS))
+@pytest.mark.parametrize("model_class", ALL_HEADS)
+def test_eager_equals_sdpa(model_class, variant):
+    inputs = TESTER.get_inputs()
+    eager = build(model_class, "eager", **CONFIG_VARIANTS[variant])
+    sdpa = build(model_class, "sdpa", **CONFIG_VARIANTS[variant])
+    with torch.no_grad():
+        torch.testing.assert_close(first_output(sdpa(**inputs)), first_output(eager(**inputs)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(CONFIG_VARIANTS))
+def test_batch_equals_one_by_one(variant):
+    """Padding invariance: each clip of a padded batch gives, on its valid patches, what it gives alone."""
+    model = build(BeatsModel, **CONFIG_VARIANTS[variant])
+    classifier = build(BeatsForAudioClassification, **CONFIG_VARIANTS[variant])
+    inputs = TESTER.get_inputs()
+    with torch.no_grad():
+        batch = model(**inputs)
+        batch_logits = classifier(**inputs).logits
+        for index, length in enumerate(TESTER.lengths):
+            alone_features = inputs["input_features"][index : index + 1, :length]
+            alone = model(alone_features)
+            num_valid = TESTER.valid_patches(length)
+            assert alone.last_hidden_state.shape[1] == num_valid
+            assert batch.patch_mask[index].sum() == num_valid
+            torch.testing.assert_close(
+                batch.last_hidden_state[index, :num_valid], alone.last_hidden_state[0], rtol=0, atol=1e-5
+            )
+            torch.testing.assert_close(batch_logits[index], classifier(alone_features).logits[0], rtol=0, atol=1e-5)
+
+
+def test_padding_values_do_not_leak():
+    """Whatever the padded frames hold, the valid outputs are the same."""
+    model = build(BeatsModel)
+    inputs = TESTER.get_inputs()
+    noisy = dict(inputs)
+    noisy["input_features"] = inputs["input_features"] + 100.0 * (1 - inputs["attention_mask"][..., None])
+    with torch.no_grad():
+        clean, dirty = model(**inputs), model(**noisy)
+    valid = clean.patch_mask
+    torch.testing.assert_close(dirty.last_hidden_state[valid], clean.last_hidden_state[valid], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(CONFIG_VARIANTS))
+def test_hidden_states_and_attentions(variant):
+    model = build(BeatsModel, "eager", **CONFIG_VARIANTS[variant])
+    inputs = TESTER.get_inputs()
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True, output_attentions=True)
+    num_patches = (TESTER.num_frames // 16) * 8
+    config = model.config
+    assert len(outputs.hidden_states) == config.num_hidden_layers + 1
+    for hidden in outputs.hidden_states:
+        assert hidden.shape == (TESTER.batch_size, num_patches, config.hidden_size)
+    assert len(outputs.attentions) == config.num_hidden_layers
+    for attention in outputs.attentions:
+        assert attention.shape == (TESTER.batch_size, config.num_attention_heads, num_patches, num_patches)
+        # Probabilities over keys; padded keys get none of the mass.
+        torch.testing.assert_close(attention.sum(-1), torch.ones_like(attention.sum(-1)))
+        padded_keys = ~outputs.patch_mask[:, None, None, :].expand_as(attention)
+        assert attention[padded_keys].abs().max() == 0
+    if config.layer_norm_first:
+        assert not torch.equal(outputs.hidden_states[-1], outputs.last_hidden_state)
+    else:
+        torch.testing.assert_close(outputs.hidden_states[-1], outputs.last_hidden_state, rtol=0, atol=0)
+    assert outputs.patch_mask.shape == (TESTER.batch_size, num_patches)
+    assert outputs.patch_mask.sum(-1).tolist() == [TESTER.valid_patches(n) for n in TESTER.lengths]
+
+
+@pytest.mark.parametrize("model_class", ALL_HEADS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_every_parameter_gets_a_gradient(model_class, weighted):
+    if weighted and model_class is BeatsModel:
+        pytest.skip("the weighted layer sum belongs to the heads")
+    model = build(model_class, use_weighted_layer_sum=weighted).train()
+    outputs = model(**TESTER.get_inputs())
+    first_output(outputs).pow(2).mean().backward()
+    missing = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    zero = [name for name, parameter in model.named_parameters() if parameter.grad is not None and not parameter.grad.any()]
+    assert not missing, f"no gradient: {missing}"
+    assert not zero, f"all-zero gradient: {zero}"
+
+
+def _gradients(model, inputs) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    first_output(model(**inputs)).pow(2).mean().backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = build(BeatsForAudioClassification).train()
+    inputs = TESTER.get_inputs()
+    reference = _gradients(model, inputs)
+    model.activation_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    checkpointed = _gradients(model, inputs)
+    for name, gradient in reference.items():
+        torch.testing.assert_close(checkpointed[name], gradient, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_layer_wise_gradient_decay_scales_lower_layers():
+    """Layer i of N gets its gradient scaled by ratio**(N-1-i); the forward pass is unchanged."""
+    inputs = TESTER.get_inputs()
+    plain = build(BeatsModel, layer_wise_gradient_decay_ratio=1.0, num_hidden_layers=3).train()
+    decayed = build(BeatsModel, layer_wise_gradient_decay_ratio=0.5, num_hidden_layers=3).train()
+    decayed.load_state_dict(plain.state_dict())
+    plain_gradients, decayed_gradients = _gradients(plain, inputs), _gradients(decayed, inputs)
+    for layer in range(3):
+        name = f"encoder.layers.{layer}.feed_forward.fc1.weight"
+        torch.testing.assert_close(decayed_gradients[name], plain_gradients[name] * 0.5 ** (2 - layer))
+    name = "patch_embeddings.projection.weight"
+    torch.testing.assert_close(decayed_gradients[name], plain_gradients[name] * 0.5**3)
+
+
+def test_bf16_forward_is_finite(tmp_path):
+    build(BeatsForAudioClassification).save_pretrained(tmp_path)
+    model = BeatsForAudioClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert next(model.parameters()).dtype == torch.bfloat16
+    inputs = TESTER.get_inputs()
+    with torch.no_grad():
+        logits = model(inputs["input_features"].bfloat16(), inputs["attention_mask"]).logits
+    assert torch.isfinite(logits).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = build(BeatsForAudioClassification)(**inputs).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_fully_padded_clip_gives_no_nan():
+    model = build(BeatsForAudioClassification)
+    inputs = TESTER.get_inputs()
+    inputs["attention_mask"][1] = 0
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_too_few_frames_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 16"):
+        build(BeatsModel)(torch.zeros(1, 15, 128))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Heads
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_classification_losses():
+    inputs = TESTER.get_inputs()
+    single = build(BeatsForAudioClassification)
+    labels = torch.tensor([0, 3, 4])
+    outputs = single(**inputs, labels=labels)
+    assert single.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(outputs.loss, torch.nn.functional.cross_entropy(outputs.logits, labels))
+
+    multi = build(BeatsForAudioClassification, problem_type="multi_label_classification")
+    targets = torch.tensor([[1, 0, 0, 1, 0], [0, 0, 0, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.float)
+    outputs = multi(**inputs, labels=targets)
+    torch.testing.assert_close(
+        outputs.loss, torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, targets)
+    )
+
+
+def test_classification_pools_logits_over_valid_patches_only():
+    model = build(BeatsForAudioClassification)
+    inputs = TESTER.get_inputs()
+    with torch.no_grad():
+        hidden = model.beats(**inputs)
+        logits = model(**inputs).logits
+    for index in range(TESTER.batch_size):
+        valid = hidden.patch_mask[index]
+        expected = model.classifier(hidden.last_hidden_state[index, valid]).mean(0)
+        torch.testing.assert_close(logits[index], expected, rtol=0, atol=1e-6)
+
+
+def test_freeze_feature_encoder_and_base_model():
+    model = build(BeatsForAudioClassification)
+    model.freeze_feature_encoder()
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    assert frozen == {f"beats.{name}" for name, _ in model.beats.patch_embeddings.named_parameters(prefix="patch_embeddings")}
+    model.freeze_base_model()
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {"classifier.weight", "classifier.bias"}
+
+
+def test_weighted_layer_sum_uses_all_layers():
+    model = build(BeatsForAudioClassification, use_weighted_layer_sum=True)
+    inputs = TESTER.get_inputs()
+    with torch.no_grad():
+        before = model(**inputs).logits
+        model.layer_weights.copy_(torch.tensor([0.0, 0.0, 50.0]))  # softmax ~ one-hot on the last layer
+        last_only = model(**inputs).logits
+    plain = build(BeatsForAudioClassification)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "layer_weights"})
+    with torch.no_grad():
+        torch.testing.assert_close(last_only, plain(**inputs).logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(before, last_only, atol=1e-4)
+
+
+def test_frame_classification_head():
+    model = build(BeatsForAudioFrameClassification).train()
+    inputs = TESTER.get_inputs()
+    rows = TESTER.num_frames // 16
+    labels = torch.randint(0, 5, (TESTER.batch_size, rows))
+    labels[2, 2:] = -100  # the third clip has 2 valid rows
+    outputs = model(**inputs, labels=labels)
+    assert outputs.logits.shape == (TESTER.batch_size, rows, 5)
+    outputs.loss.backward()
+    assert torch.isfinite(outputs.loss)
+    multi = build(BeatsForAudioFrameClassification)
+    targets = torch.randint(0, 2, (TESTER.batch_size, rows, 5)).float()
+    assert torch.isfinite(multi(**inputs, labels=targets).loss)
+
+
+def test_auto_classes(tmp_path):
+    model = build(BeatsForAudioClassification)
+    model.save_pretrained(tmp_path)
+    assert type(AutoModelForAudioClassification.from_pretrained(tmp_path)) is BeatsForAudioClassification
+    encoder = AutoModel.from_pretrained(tmp_path)
+    assert type(encoder) is BeatsModel
+    torch.testing.assert_close(encoder.state_dict()["encoder.layer_norm.weight"], model.beats.encoder.layer_norm.weight)
+
+
+def test_deep_norm_initialisation_scales_value_and_ffn():
+    config = TESTER.get_config(num_hidden_layers=12, hidden_size=256, num_attention_heads=4, intermediate_size=256)
+    torch.manual_seed(0)
+    model = BeatsModel(config)
+    layer = model.encoder.layers[0]
+    beta = (8 * 12) ** -0.25
+    xavier_std = (2 / (256 + 256)) ** 0.5
+    assert layer.self_attn.q_proj.weight.std().item() == pytest.approx(xavier_std, rel=0.05)
+    assert layer.self_attn.v_proj.weight.std().item() == pytest.approx(beta * xavier_std, rel=0.05)
+    assert layer.feed_forward.fc2.weight.std().item() == pytest.approx(beta * xavier_std, rel=0.05)
+    assert layer.residual_scale == pytest.approx(24**0.25)
+
+
+def test_outputs_are_independent_of_batch_composition():
+    """A clip's outputs do not depend on what else is in the batch (no batch-global statistics)."""
+    model = build(BeatsModel)
+    inputs = TESTER.get_inputs()
+    swapped = copy.deepcopy(inputs)
+    swapped["input_features"][1] = torch.randn_like(swapped["input_features"][1]) * swapped["attention_mask"][1, :, None]
+    with torch.no_grad():
+        a, b = model(**inputs), model(**swapped)
+    torch.testing.assert_close(a.last_hidden_state[0], b.last_hidden_state[0], rtol=0, atol=1e-6)
