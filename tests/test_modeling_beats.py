@@ -57,7 +57,10 @@ ALL_HEADS = (BeatsModel, BeatsForAudioClassification, BeatsForAudioFrameClassifi
 CONFIG_VARIANTS = {
     "release": {},
     "pre_ln_no_gate_no_proj": dict(
-        layer_norm_first=True, deep_norm=False, gated_relative_position_bias=False, patch_embedding_dim=32,
+        layer_norm_first=True,
+        deep_norm=False,
+        gated_relative_position_bias=False,
+        patch_embedding_dim=32,
         patch_embedding_bias=True,
     ),
     "no_relative_bias": dict(relative_position_bias=False, gated_relative_position_bias=False),
@@ -83,10 +86,16 @@ def first_output(outputs) -> torch.Tensor:
 def test_default_config_is_the_released_base_architecture():
     config = BeatsConfig()
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
-        12, 768, 12, 3072,
+        12,
+        768,
+        12,
+        3072,
     )
     assert (config.patch_size, config.patch_embedding_dim, config.num_buckets, config.max_bucket_distance) == (
-        16, 512, 320, 800,
+        16,
+        512,
+        320,
+        800,
     )
     assert not config.layer_norm_first and config.deep_norm and config.gated_relative_position_bias
     assert (config.num_conv_pos_embeddings, config.num_conv_pos_embedding_groups) == (128, 16)
@@ -214,7 +223,9 @@ def test_every_parameter_gets_a_gradient(model_class, weighted):
     outputs = model(**TESTER.get_inputs())
     first_output(outputs).pow(2).mean().backward()
     missing = [name for name, parameter in model.named_parameters() if parameter.grad is None]
-    zero = [name for name, parameter in model.named_parameters() if parameter.grad is not None and not parameter.grad.any()]
+    zero = [
+        name for name, parameter in model.named_parameters() if parameter.grad is not None and not parameter.grad.any()
+    ]
     assert not missing, f"no gradient: {missing}"
     assert not zero, f"all-zero gradient: {zero}"
 
@@ -314,7 +325,9 @@ def test_freeze_feature_encoder_and_base_model():
     model = build(BeatsForAudioClassification)
     model.freeze_feature_encoder()
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
-    assert frozen == {f"beats.{name}" for name, _ in model.beats.patch_embeddings.named_parameters(prefix="patch_embeddings")}
+    assert frozen == {
+        f"beats.{name}" for name, _ in model.beats.patch_embeddings.named_parameters(prefix="patch_embeddings")
+    }
     model.freeze_base_model()
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
@@ -355,7 +368,9 @@ def test_auto_classes(tmp_path):
     assert type(AutoModelForAudioClassification.from_pretrained(tmp_path)) is BeatsForAudioClassification
     encoder = AutoModel.from_pretrained(tmp_path)
     assert type(encoder) is BeatsModel
-    torch.testing.assert_close(encoder.state_dict()["encoder.layer_norm.weight"], model.beats.encoder.layer_norm.weight)
+    torch.testing.assert_close(
+        encoder.state_dict()["encoder.layer_norm.weight"], model.beats.encoder.layer_norm.weight
+    )
 
 
 def test_deep_norm_initialisation_scales_value_and_ffn():
@@ -376,7 +391,9 @@ def test_outputs_are_independent_of_batch_composition():
     model = build(BeatsModel)
     inputs = TESTER.get_inputs()
     swapped = copy.deepcopy(inputs)
-    swapped["input_features"][1] = torch.randn_like(swapped["input_features"][1]) * swapped["attention_mask"][1, :, None]
+    swapped["input_features"][1] = (
+        torch.randn_like(swapped["input_features"][1]) * swapped["attention_mask"][1, :, None]
+    )
     with torch.no_grad():
         a, b = model(**inputs), model(**swapped)
     torch.testing.assert_close(a.last_hidden_state[0], b.last_hidden_state[0], rtol=0, atol=1e-6)
