@@ -1,0 +1,154 @@
+"""The fine-tuning example on tiny generated datasets: single-label audiofolder and multi-label saved dataset."""
+
+import json
+import sys
+import wave
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsForAudioClassification, BeatsModel
+from beats_hf.finetuning import layer_wise_parameter_groups, spec_augment
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples"))
+import run_audio_classification  # noqa: E402
+
+TINY = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_embedding_dim=32,
+    num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, layerdrop=0.0,
+)
+
+
+def clip(kind: int, rng: np.random.Generator, seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    if kind == 0:  # low tone
+        signal = np.sin(2 * np.pi * rng.uniform(200, 400) * t)
+    elif kind == 1:  # white noise
+        signal = rng.standard_normal(t.size)
+    else:  # high tone
+        signal = np.sin(2 * np.pi * rng.uniform(3000, 5000) * t)
+    return (0.3 * signal / np.abs(signal).max()).astype(np.float32)
+
+
+def write_wav(path, waveform: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes((waveform * 32767).astype("<i2").tobytes())
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_pretrained")
+    torch.manual_seed(0)
+    BeatsModel(BeatsConfig(**TINY)).save_pretrained(folder)
+    BeatsFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def audiofolder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audiofolder")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for label, name in enumerate(("low", "noise", "high")):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count):
+                write_wav(root / split / name / f"{index}.wav", clip(label, rng, rng.uniform(0.6, 1.2)))
+    return root
+
+
+def common_args(model_dir, data, output_dir) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir), "--dataset", str(data), "--output_dir", str(output_dir),
+        "--do_train", "--do_eval", "--use_cpu", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "8", "--learning_rate", "3e-3", "--logging_steps", "5",
+        "--report_to", "none", "--save_strategy", "no", "--seed", "0", "--dataloader_num_workers", "0",
+    ]
+
+
+def test_single_label_fine_tuning_learns(pretrained_dir, audiofolder, tmp_path):
+    output = tmp_path / "out"
+    metrics = run_audio_classification.main(
+        common_args(pretrained_dir, audiofolder, output) + ["--max_steps", "40"]
+    )
+    assert metrics["eval_accuracy"] >= 0.75, metrics  # 3 easy classes, chance 0.33
+    model = BeatsForAudioClassification.from_pretrained(output)
+    assert model.config.id2label == {0: "high", 1: "low", 2: "noise"}
+    assert (output / "preprocessor_config.json").exists()
+    losses = [entry["loss"] for entry in json.loads((output / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]
+    assert losses[-1] < losses[0]
+
+
+def test_paper_recipe_options_train(pretrained_dir, audiofolder, tmp_path):
+    """Mixup, SpecAugment and layer-wise lr decay together: training runs and the loss stays finite."""
+    metrics = run_audio_classification.main(
+        common_args(pretrained_dir, audiofolder, tmp_path / "out")
+        + ["--max_steps", "6", "--mixup_alpha", "0.8", "--time_mask_frames", "10", "--freq_mask_bins", "8",
+           "--layer_decay", "0.75", "--freeze_feature_encoder"]
+    )
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
+
+
+def test_multi_label_fine_tuning_reports_map(pretrained_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    rows = {"audio": [], "labels": []}
+    for index in range(24):
+        present = sorted({int(k) for k in rng.choice(3, size=rng.integers(1, 3), replace=False)})
+        waveform = sum(clip(kind, rng) for kind in present)
+        path = tmp_path / f"{index}.wav"
+        write_wav(path, waveform / max(1.0, np.abs(waveform).max()))
+        rows["audio"].append(str(path))
+        rows["labels"].append(present)
+    features = datasets.Features(
+        {"audio": datasets.Audio(), "labels": datasets.Sequence(datasets.ClassLabel(names=["low", "noise", "high"]))}
+    )
+    dataset = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": dataset, "test": dataset.select(range(8))}).save_to_disk(tmp_path / "saved")
+    metrics = run_audio_classification.main(
+        common_args(pretrained_dir, tmp_path / "saved", tmp_path / "out")
+        + ["--max_steps", "10", "--multi_label", "--label_column", "labels"]
+    )
+    assert 0.0 <= metrics["eval_mAP"] <= 1.0
+    config = BeatsForAudioClassification.from_pretrained(tmp_path / "out").config
+    assert config.problem_type == "multi_label_classification"
+
+
+def test_linear_probing_changes_only_the_head(pretrained_dir, audiofolder, tmp_path):
+    output = tmp_path / "probe"
+    run_audio_classification.main(
+        common_args(pretrained_dir, audiofolder, output) + ["--max_steps", "3", "--freeze_base_model"]
+    )
+    before = BeatsModel.from_pretrained(pretrained_dir).state_dict()
+    after = BeatsForAudioClassification.from_pretrained(output).beats.state_dict()
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_layer_wise_learning_rates():
+    model = BeatsForAudioClassification(BeatsConfig(**TINY, num_labels=3))
+    groups = layer_wise_parameter_groups(model, learning_rate=1.0, weight_decay=0.1, decay=0.5)
+    rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rate_of[id(named["classifier.weight"])] == 1.0
+    assert rate_of[id(named["beats.encoder.layers.1.feed_forward.fc1.weight"])] == 0.5
+    assert rate_of[id(named["beats.encoder.layers.0.feed_forward.fc1.weight"])] == 0.25
+    assert rate_of[id(named["beats.patch_embeddings.projection.weight"])] == 0.125
+    assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_spec_augment_masks_inside_valid_frames_only():
+    features = torch.ones(2, 100, 128)
+    mask = torch.ones(2, 100, dtype=torch.long)
+    mask[1, 50:] = 0
+    generator = torch.Generator().manual_seed(0)
+    augmented = spec_augment(features, mask, 20, 2, 16, 2, generator=generator)
+    zero_frames = (augmented == 0).all(-1)
+    assert zero_frames.any()
+    assert not zero_frames[1, 50:].any()
+    zero_bins = (augmented == 0).all(1)
+    assert zero_bins.any() and zero_bins.sum(-1).max() <= 32
