@@ -1,0 +1,148 @@
+"""`beats-hf embed`: clip embeddings and frame-level features of a folder or dataset of audio.
+
+Clip embedding = mean over the clip's valid patches; frame features = one vector per 160 ms (a row of 16 fbank
+frames), the mean of the row's frequency patches. Either from one layer (`--layer`, an index into the hidden states:
+0 = encoder input, -1 = last) or a weighted sum of all layers (`--layer weighted`: a fine-tuned model's learned
+`layer_weights` when it has them, else the plain mean). Recordings longer than `--chunk_seconds` go through the
+chunked long-audio path (sliding windows), so memory stays linear in their length.
+
+    beats-hf embed --model PATH --data FOLDER_OR_DATASET --output_dir OUT [--format datasets|npy] [--frames]
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoFeatureExtractor, AutoModel
+
+from .audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def layer_mixture(model, layer: str, num_hidden_states: int) -> torch.Tensor:
+    """Weights over the hidden states: one-hot for a layer index, the learned or uniform mix for 'weighted'."""
+    if layer == "weighted":
+        learned = getattr(model, "layer_weights", None)
+        if learned is not None:
+            return torch.softmax(learned.detach().float(), dim=0)
+        return torch.full((num_hidden_states,), 1.0 / num_hidden_states)
+    index = int(layer)
+    if not -num_hidden_states <= index < num_hidden_states:
+        raise ValueError(f"--layer {index} is out of range: the model has {num_hidden_states} hidden states.")
+    weights = torch.zeros(num_hidden_states)
+    weights[index] = 1.0
+    return weights
+
+
+def encoder_of(model):
+    return model.beats if hasattr(model, "beats") else model
+
+
+@torch.inference_mode()
+def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(clip embeddings (B, C), per-clip frame features [(rows_i, C)]) for one feature batch."""
+    outputs = encoder_of(model)(batch["input_features"], attention_mask=batch.get("attention_mask"),
+                                output_hidden_states=True)
+    stacked = torch.stack(outputs.hidden_states, 0).float()
+    hidden = (stacked * weights.to(stacked.device).view(-1, 1, 1, 1)).sum(0)
+    batch_size, num_patches, width = hidden.shape
+    mask = outputs.patch_mask
+    if mask is None:
+        mask = torch.ones(batch_size, num_patches, dtype=torch.bool, device=hidden.device)
+    weight = mask.unsqueeze(-1).float()
+    clips = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
+    rows = hidden.view(batch_size, num_patches // bands, bands, width).mean(2)
+    valid_rows = mask.view(batch_size, -1, bands)[..., 0].sum(-1)
+    return clips.cpu(), [rows[i, : int(valid_rows[i])].cpu() for i in range(batch_size)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beats-hf embed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="beats_hf folder or Hub repo (any BEATs model)")
+    parser.add_argument("--data", required=True, help="audio folder, saved dataset or Hub dataset id")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--split", default=None, help="dataset split (default: the only one)")
+    parser.add_argument("--audio_column", default="audio")
+    parser.add_argument("--layer", default="-1", help="hidden-state index (0 = encoder input, -1 = last) or 'weighted'")
+    parser.add_argument("--frames", action="store_true", help="also write frame-level features (one per 160 ms)")
+    parser.add_argument("--format", choices=("datasets", "npy"), default="datasets")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--chunk_seconds", type=float, default=None,
+                        help="clips longer than this go through sliding windows of this length")
+    parser.add_argument("--hop_seconds", type=float, default=None, help="window hop (default: 0.8 x chunk)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    args = parser.parse_args(argv)
+
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device).eval()
+    feature_extractor = AutoFeatureExtractor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    config = encoder_of(model).config
+    weights = layer_mixture(model, args.layer, config.num_hidden_layers + 1)
+    bands = config.num_mel_bins // config.patch_size
+
+    dataset = load_audio_dataset(args.data, split=args.split, audio_column=args.audio_column)
+    clips = AudioClips(dataset, crop_seconds=None, label_column=None, audio_column=args.audio_column,
+                       replace_bad=False, return_index=True)
+    collator = AudioFeatureCollator(feature_extractor, device=args.device)  # the fbank runs on the model's device
+    chunk_samples = int(args.chunk_seconds * 16000) if args.chunk_seconds else None
+
+    indices, clip_embeddings, frame_features = [], [], []
+    pending: list[dict] = []
+
+    def flush():
+        if not pending:
+            return
+        batch = collator(pending)
+        clip_batch, frame_batch = embed_batch(model, batch, weights, bands)
+        indices.extend(batch["index"].tolist())
+        clip_embeddings.extend(clip_batch)
+        frame_features.extend(frame_batch)
+        pending.clear()
+
+    for position in tqdm(range(len(clips)), desc="embedding", unit="clip"):
+        item = clips[position]
+        if item is None:
+            continue
+        if chunk_samples and len(item["waveform"]) > chunk_samples:
+            from .long_audio import embed_long_audio
+
+            hop = args.hop_seconds or 0.8 * args.chunk_seconds
+            result = embed_long_audio(encoder_of(model), feature_extractor, item["waveform"],
+                                      window_seconds=args.chunk_seconds, hop_seconds=hop,
+                                      batch_size=args.batch_size, layer_weights=weights)
+            indices.append(item["index"])
+            clip_embeddings.append(torch.as_tensor(result.clip_embedding))
+            frame_features.append(torch.as_tensor(result.frame_embeddings))
+            continue
+        pending.append(item)
+        if len(pending) == args.batch_size:
+            flush()
+    flush()
+
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    clip_array = torch.stack(clip_embeddings).numpy() if clip_embeddings else np.zeros((0, config.hidden_size))
+    summary = {"model": args.model, "data": args.data, "layer": args.layer, "clips": len(indices),
+               "skipped": clips.skipped, "hidden_size": config.hidden_size, "frame_seconds": 0.16}
+    if args.format == "npy":
+        np.save(output / "clip_embeddings.npy", clip_array)
+        np.save(output / "indices.npy", np.asarray(indices, dtype=np.int64))
+        if args.frames:
+            lengths = [len(frames) for frames in frame_features]
+            np.save(output / "frame_embeddings.npy", torch.cat(frame_features).numpy() if lengths else clip_array[:0])
+            np.save(output / "frame_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    else:
+        import datasets
+
+        columns = {"index": indices, "clip_embedding": clip_array.tolist()}
+        if args.frames:
+            columns["frame_embeddings"] = [frames.numpy().tolist() for frames in frame_features]
+        datasets.Dataset.from_dict(columns).save_to_disk(str(output / "embeddings"))
+    (output / "embeddings.json").write_text(json.dumps(summary, indent=2))
+    print(f"embedded {len(indices)} clips ({clips.skipped} unreadable skipped) -> {output}")
+    return 0
