@@ -1,0 +1,442 @@
+"""The conversion command line: official-format files -> repository folders that match the official outputs.
+
+Parity is against the official reference outputs in tests/fixtures/official_tiny/ (produced by the unmodified official
+code), through the saved folder: the feature extractor on the raw waveforms, then the model loaded by the Auto
+classes. The base-size checks synthesise a state dict with exactly the names and shapes of the released files.
+"""
+
+import argparse
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURES, OFFICIAL_TINY, REPO_ROOT
+from huggingface_hub import ModelCard
+from transformers import AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification, pipeline
+
+import beats_hf
+from beats_hf import BeatsForAudioClassification, BeatsForAudioTokenization, BeatsModel
+from conversion.beats_conversion import (
+    AUDIOSET_LABELS_CSV,
+    ConversionError,
+    ConversionWarning,
+    config_from_official,
+    convert_checkpoint,
+)
+from conversion.checkpoints import OFFICIAL_CHECKPOINTS, hub_name
+from conversion.convert_beats_original_to_hf import main
+from conversion.publishing import CONFIG_AUTO_MAPS, SHIPPED_FILES, render_model_card
+
+SCRIPT = REPO_ROOT / "conversion" / "convert_beats_original_to_hf.py"
+REFERENCES = ("pretrained", "finetuned", "tokenizer", "prenorm_pretrained")
+ENCODER_ATOL = 5e-5
+PROBABILITY_ATOL = 1e-5
+
+
+def convert(source: Path, output: Path, *extra: str) -> int:
+    return main(["--checkpoint_path", str(source), "--pytorch_dump_folder_path", str(output), *extra])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Each reference checkpoint converted by the command line into its own folder."""
+    root = tmp_path_factory.mktemp("converted")
+    result = {}
+    for name in REFERENCES:
+        assert convert(OFFICIAL_TINY / f"tiny_{name}.pt", root / name) == 0
+        result[name] = root / name
+    return result
+
+
+@pytest.fixture(scope="module")
+def official_outputs() -> dict[str, dict]:
+    return {name: torch.load(OFFICIAL_TINY / f"outputs_{name}.pt", weights_only=True)["cases"] for name in REFERENCES}
+
+
+def unpadded_cases(reference_inputs) -> dict[str, torch.Tensor]:
+    """Case name -> raw waveform, for the official cases run without padding."""
+    cases = {"single_unpadded": reference_inputs["single_waveform"][0]}
+    for index, waveform in enumerate(reference_inputs["individual_waveforms"]):
+        cases[f"individual_{index}"] = waveform[0]
+    return cases
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return (actual - expected).abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parity of the saved folders with the official outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_finetuned_folder_gives_official_probabilities(folders, official_outputs, reference_inputs):
+    folder = folders["finetuned"]
+    feature_extractor = AutoFeatureExtractor.from_pretrained(folder)
+    model = AutoModelForAudioClassification.from_pretrained(folder).eval()
+    encoder = AutoModel.from_pretrained(folder).eval()  # the encoder alone, from the same classification folder
+    assert isinstance(model, BeatsForAudioClassification) and type(encoder) is BeatsModel
+    for case, waveform in unpadded_cases(reference_inputs).items():
+        inputs = feature_extractor(waveform.numpy(), sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            probabilities = model(**inputs).logits.sigmoid()
+            hidden = encoder(**inputs).last_hidden_state
+        expected = official_outputs["finetuned"][case]
+        assert max_error(probabilities, expected["probs"]) <= PROBABILITY_ATOL, case
+        assert max_error(hidden, expected["last_hidden_state"]) <= ENCODER_ATOL, case
+
+
+@pytest.mark.parametrize("name", ["pretrained", "prenorm_pretrained"])
+def test_pretrained_folder_gives_official_hidden_states(name, folders, official_outputs, reference_inputs):
+    feature_extractor = AutoFeatureExtractor.from_pretrained(folders[name])
+    model = AutoModel.from_pretrained(folders[name]).eval()
+    assert type(model) is BeatsModel
+    for case, waveform in unpadded_cases(reference_inputs).items():
+        inputs = feature_extractor(waveform.numpy(), sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**inputs).last_hidden_state
+        assert max_error(hidden, official_outputs[name][case]["last_hidden_state"]) <= ENCODER_ATOL, case
+
+
+def test_tokenizer_folder_gives_official_labels(folders, official_outputs, reference_inputs):
+    feature_extractor = AutoFeatureExtractor.from_pretrained(folders["tokenizer"])
+    model = AutoModel.from_pretrained(folders["tokenizer"]).eval()
+    assert isinstance(model, BeatsForAudioTokenization)
+    for case, waveform in unpadded_cases(reference_inputs).items():
+        inputs = feature_extractor(waveform.numpy(), sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            token_ids = model(**inputs).token_ids
+        assert torch.equal(token_ids, official_outputs["tokenizer"][case]["labels_2d"]), case
+
+
+def test_labels_are_audioset_names_in_the_checkpoints_own_order(folders):
+    label_dict = torch.load(OFFICIAL_TINY / "tiny_finetuned.pt", weights_only=True)["label_dict"]
+    with open(AUDIOSET_LABELS_CSV, newline="", encoding="utf-8") as handle:
+        names = {row["mid"]: row["display_name"] for row in csv.DictReader(handle)}
+    config = json.loads((folders["finetuned"] / "config.json").read_text())
+    assert config["id2label"] == {str(index): names[mid] for index, mid in label_dict.items()}
+    assert config["id2label"]["0"] == "Speech" and config["id2label"]["6"] == "Babbling"
+    assert config["problem_type"] == "multi_label_classification"
+
+
+def test_pipeline_returns_label_names_and_official_probabilities(folders, official_outputs, reference_inputs):
+    classifier = pipeline("audio-classification", model=str(folders["finetuned"]), top_k=None)
+    predictions = classifier(reference_inputs["individual_waveforms"][1][0].numpy())
+    official = official_outputs["finetuned"]["individual_1"]["probs"][0]
+    id2label = AutoModelForAudioClassification.from_pretrained(folders["finetuned"]).config.id2label
+    expected = {id2label[index]: official[index].item() for index in range(len(official))}
+    assert {p["label"] for p in predictions} == set(expected)
+    for prediction in predictions:  # no function_to_apply given: the multi-label problem_type selects the sigmoid
+        assert abs(prediction["score"] - expected[prediction["label"]]) <= PROBABILITY_ATOL
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the folder holds
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_folder_is_a_complete_repository(name, folders):
+    folder = folders[name]
+    kind = {"prenorm_pretrained": "pretrained"}.get(name, name)
+    assert {path.name for path in folder.iterdir()} == {
+        "config.json", "model.safetensors", "preprocessor_config.json", "README.md", *SHIPPED_FILES
+    }  # fmt: skip
+    package_dir = Path(beats_hf.__file__).parent
+    for file_name in SHIPPED_FILES:
+        assert (folder / file_name).read_bytes() == (package_dir / file_name).read_bytes()
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == CONFIG_AUTO_MAPS[kind]
+    assert json.loads((folder / "preprocessor_config.json").read_text())["auto_map"] == {
+        "AutoFeatureExtractor": "feature_extraction_beats.BeatsFeatureExtractor"
+    }
+    assert not list(folder.parent.glob(".*")), "a staging folder was left behind"
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_model_card_front_matter_and_usage_snippet(name, folders, capsys):
+    card = ModelCard.load(folders[name] / "README.md")
+    kind = {"prenorm_pretrained": "pretrained"}.get(name, name)
+    assert card.data.license == "mit" and card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == ("audio-classification" if kind == "finetuned" else "feature-extraction")
+    assert {"audio", "beats"} <= set(card.data.tags)
+    digest = __import__("hashlib").sha256((OFFICIAL_TINY / f"tiny_{name}.pt").read_bytes()).hexdigest()
+    assert digest in card.text and f"tiny_{name}.pt" in card.text and beats_hf.__version__ in card.text
+    assert "padding" in card.text.lower() and "@inproceedings{chen2023beats" in card.text
+
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.DOTALL).group(1)
+    assert str(folders[name]) in snippet and "trust_remote_code=True" in snippet
+    capsys.readouterr()
+    exec(compile(snippet, "README.md", "exec"), {"__name__": "__main__"})  # the snippet must work as written
+    printed = capsys.readouterr().out
+    if kind == "finetuned":
+        labels = set(json.loads((folders[name] / "config.json").read_text())["id2label"].values())
+        lines = printed.splitlines()
+        assert len(lines) == 6 and "'label':" in lines[5]
+        assert all(re.fullmatch(r"(.+): [01]\.\d{3}", line).group(1) in labels for line in lines[:5])
+    elif kind == "tokenizer":
+        assert re.search(r"torch.Size\(\[1, 144\]\) \[\d+(, \d+){15}\]", printed)
+    else:
+        assert "torch.Size([1, 144, 64]) torch.Size([1, 64])" in printed
+
+
+def test_every_released_file_name_gets_its_own_facts(tmp_path):
+    assert len(OFFICIAL_CHECKPOINTS) == 19
+    kinds = [facts.kind for facts in OFFICIAL_CHECKPOINTS.values()]
+    assert (kinds.count("pretrained"), kinds.count("finetuned"), kinds.count("tokenizer")) == (5, 10, 4)
+    assert len({hub_name(name) for name in OFFICIAL_CHECKPOINTS}) == 19
+    models = {kind: convert_checkpoint(torch.load(OFFICIAL_TINY / f"tiny_{kind}.pt", weights_only=True))
+              for kind in ("pretrained", "finetuned", "tokenizer")}  # fmt: skip
+    expected = {  # file -> phrases its card must contain (paper Tables 1 and 2 via official-beats-spec.md §14)
+        "BEATs_iter1.pt": ["iteration 1", "random-projection", "47.9", "36.0", "65.9"],
+        "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt1.pt": ["iteration 3+ (AS2M)", "cpt1", "48.6", "41.8 *"],
+        "BEATs_iter2_finetuned_on_AS2M_cpt2.pt": ["cpt2", "learning rate 5e-5", "48.1"],
+        "Tokenizer_iter2.pt": ["acoustic tokenizer", "self-distilled from the iteration-1", "48.1", "95.1"],
+        "Tokenizer_iter3_plus_AS20K.pt": ["fine-tuning on AudioSet-20K", "38.9", "96.2"],
+    }
+    for file_name, facts in OFFICIAL_CHECKPOINTS.items():
+        card = render_model_card(models[facts.kind], facts.kind, file_name, "0" * 64, "me/x", "ok", facts)
+        assert facts.title in card and "no results are listed" not in card
+        for phrase in expected.get(file_name, []):
+            assert phrase in card, (file_name, phrase)
+    with pytest.raises(ConversionError, match="released pretrained file by name, but its contents are a finetuned"):
+        render_model_card(models["finetuned"], "finetuned", "BEATs_iter3.pt", "0" * 64, "me/x", "ok",
+                          OFFICIAL_CHECKPOINTS["BEATs_iter3.pt"])
+
+
+def test_hub_names():
+    assert hub_name("BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt1.pt") == "beats-iter3-plus-as2m-finetuned-as2m-cpt1"
+    assert hub_name("BEATs_iter1.pt") == "beats-iter1"
+    assert hub_name("Tokenizer_iter3_plus_AS20K.pt") == "beats-tokenizer-iter3-plus-as20k"
+    assert hub_name("my model (v2).pth") == "beats-my-model-v2"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Base size: the released files' exact tensor names and shapes
+# ---------------------------------------------------------------------------------------------------------------------
+
+RELEASE_CFG = {  # cfg of BEATs_iter3_plus_AS2M.pt as printed by public projects (official-beats-spec.md §2)
+    "input_patch_size": 16, "embed_dim": 512, "conv_bias": False, "encoder_layers": 12, "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12, "activation_fn": "gelu",
+    "layer_wise_gradient_decay_ratio": 0.6, "layer_norm_first": False, "deep_norm": True, "dropout": 0.0,
+    "attention_dropout": 0.0, "activation_dropout": 0.0, "encoder_layerdrop": 0.05, "dropout_input": 0.0,
+    "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True, "num_buckets": 320,
+    "max_distance": 800, "gru_rel_pos": True, "finetuned_model": False, "predictor_dropout": 0.0,
+    "predictor_class": 527,
+}  # fmt: skip
+
+
+def official_base_checkpoint(kind: str) -> dict:
+    """A random official-format base checkpoint with the names and shapes listed in official_base_state_dict_keys.txt,
+    layers 1..11 expanded from layer 0 and every layer's relative_attention_bias aliasing layer 0's table."""
+    sections, section = {"finetuned": [], "tokenizer": []}, None
+    for line in (FIXTURES / "official_base_state_dict_keys.txt").read_text().splitlines():
+        if line.startswith("state_dict of release-like"):
+            section = "tokenizer" if "tokenizer" in line else "finetuned"
+        elif section and (match := re.fullmatch(r"\s+(\S+)\s+\(([\d, ]*)\)\s+float32", line)):
+            sections[section].append((match.group(1), tuple(int(n) for n in match.group(2).split(",") if n.strip())))
+    generator = torch.Generator().manual_seed(0)
+    state_dict = {}
+    for key, shape in sections["tokenizer" if kind == "tokenizer" else "finetuned"]:
+        if kind == "pretrained" and key.startswith("predictor."):
+            continue
+        if key == "encoder.layers.1.self_attn.relative_attention_bias.weight":
+            for layer in range(1, 12):
+                state_dict[key.replace(".1.", f".{layer}.")] = state_dict[key.replace(".1.", ".0.")]
+        elif key.startswith("encoder.layers.0."):
+            for layer in range(12):
+                state_dict[key.replace(".0.", f".{layer}.", 1)] = 0.02 * torch.randn(shape, generator=generator)
+        else:
+            state_dict[key] = 0.02 * torch.randn(shape, generator=generator)
+    cfg = dict(RELEASE_CFG)
+    if kind == "tokenizer":
+        state_dict["quantize.embedding.initted"] = torch.ones(1)
+        for key in ("layer_wise_gradient_decay_ratio", "finetuned_model", "predictor_dropout", "predictor_class"):
+            cfg.pop(key)
+        cfg.update(quant_n=1024, quant_dim=256)
+    checkpoint = {"cfg": cfg, "model": state_dict}
+    if kind == "finetuned":
+        cfg["finetuned_model"] = True
+        with open(AUDIOSET_LABELS_CSV, newline="", encoding="utf-8") as handle:
+            mids = [row["mid"] for row in csv.DictReader(handle)]
+        checkpoint["label_dict"] = dict(enumerate(reversed(mids)))  # a non-canonical order, as the released files
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    "kind, entries, parameters",
+    [
+        ("pretrained", 250, 90_311_792),  # the paper's "90M"
+        ("finetuned", 252, 90_717_055),
+        ("tokenizer", 259, 91_361_392),  # official 91,624,560 less the EMA state (cluster_size, embed_avg) not kept
+    ],
+)
+def test_base_size_official_state_dict_converts_strictly(kind, entries, parameters):
+    checkpoint = official_base_checkpoint(kind)
+    assert len(checkpoint["model"]) == entries  # as the key listing says for the released files
+    model = convert_checkpoint(checkpoint)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    encoder = (model if kind == "pretrained" else model.beats).encoder
+    official = checkpoint["model"]
+    assert torch.equal(encoder.layers[7].self_attn.q_proj.weight, official["encoder.layers.7.self_attn.q_proj.weight"])
+    assert torch.equal(encoder.layers[11].feed_forward.fc2.bias, official["encoder.layers.11.fc2.bias"])
+    assert torch.equal(encoder.relative_position_bias.rel_attn_embed.weight,
+                       official["encoder.layers.0.self_attn.relative_attention_bias.weight"])  # fmt: skip
+    if kind == "finetuned":
+        with open(AUDIOSET_LABELS_CSV, newline="", encoding="utf-8") as handle:
+            names = {row["mid"]: row["display_name"] for row in csv.DictReader(handle)}
+        assert model.config.num_labels == 527
+        assert all(model.config.id2label[i] == names[mid] for i, mid in checkpoint["label_dict"].items())
+        assert model.config.id2label[526] == "Speech"  # reversed CSV order: the checkpoint's order, not the CSV's
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: a clear message, nothing written
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _reference() -> dict:
+    return torch.load(OFFICIAL_TINY / "tiny_finetuned.pt", weights_only=True)
+
+
+def _without(key: str) -> dict:
+    checkpoint = _reference()
+    del checkpoint["model"][key]
+    return checkpoint
+
+
+def _with_tensor(key: str, tensor: torch.Tensor) -> dict:
+    checkpoint = _reference()
+    checkpoint["model"][key] = tensor
+    return checkpoint
+
+
+def _bytes_of_reference(fraction: float) -> bytes:
+    data = (OFFICIAL_TINY / "tiny_finetuned.pt").read_bytes()
+    return data[: int(len(data) * fraction)]
+
+
+# name -> (file content: bytes, an object to torch.save, or None for no file; parts of the expected message)
+BAD_FILES = {
+    "missing_file": (None, ["no such file"]),
+    "empty": (b"", ["empty or truncated"]),
+    "truncated": (_bytes_of_reference(0.5), ["truncated or corrupted"]),
+    "random_bytes": (bytes(range(256)) * 8, ["not a PyTorch checkpoint"]),
+    "unsafe_pickle": (
+        {"cfg": argparse.Namespace(encoder_layers=3), "model": {"w": torch.zeros(1)}},
+        ["argparse.Namespace", "weights_only=True"],
+    ),
+    "bare_state_dict": (torch.nn.Linear(2, 3).state_dict(), ["bare state dict of 2 tensors", "'weight'", "'bias'"]),
+    "no_cfg": (
+        {"state_dict": {"w": torch.zeros(1)}, "epoch": 3},
+        ["no ['cfg', 'model'] entry", "'state_dict'", "'epoch'"],
+    ),
+    "other_model": (
+        {"cfg": {"depth": 50}, "model": {"conv1.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}},
+        ["no patch_embedding.weight", "conv1.weight"],
+    ),
+    "missing_tensor": (
+        _without("encoder.layers.1.fc1.weight"),
+        ["missing tensors", "beats.encoder.layers.1.feed_forward.fc1.weight"],
+    ),
+    "wrong_shape": (
+        _with_tensor("encoder.layers.0.fc2.bias", torch.zeros(65)),
+        ["shape mismatches", "official encoder.layers.0.fc2.bias", "checkpoint (65,) vs model (64,)"],
+    ),
+    "unknown_tensor": (
+        _with_tensor("encoder.adapter.weight", torch.zeros(2)),
+        ["does not know", "encoder.adapter.weight"],
+    ),
+    "altered_alias": (
+        _with_tensor("encoder.layers.2.self_attn.relative_attention_bias.weight", torch.zeros(320, 4)),
+        ["encoder.layers.2.self_attn.relative_attention_bias.weight differs from layer 0"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_checkpoint_gives_a_clear_error_and_writes_nothing(case, tmp_path, capsys):
+    content, expected = BAD_FILES[case]
+    source = tmp_path / f"{case}.pt"
+    if isinstance(content, bytes):
+        source.write_bytes(content)
+    elif content is not None:
+        torch.save(content, source)
+    output_root = tmp_path / "out"
+    output_root.mkdir()
+    assert convert(source, output_root / "model") == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {source}: ")
+    for part in expected:
+        assert part in error, (part, error)
+    assert list(output_root.iterdir()) == []  # neither the folder nor a staging folder
+
+
+def test_unknown_cfg_key_warns_and_converts(tmp_path, capsys):
+    checkpoint = _reference()
+    checkpoint["cfg"]["brand_new_option"] = 1
+    source = tmp_path / "tiny_finetuned.pt"
+    torch.save(checkpoint, source)
+    with pytest.warns(ConversionWarning, match=r"unknown to beats_hf: \['brand_new_option'\]"):
+        config_from_official(checkpoint)
+    assert convert(source, tmp_path / "out") == 0
+    assert "warning" in capsys.readouterr().err and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_output_folder_policy(tmp_path, capsys):
+    """A foreign folder is never touched; an earlier conversion is replaced only by a successful one."""
+    good, broken = OFFICIAL_TINY / "tiny_pretrained.pt", tmp_path / "broken.pt"
+    broken.write_bytes(_bytes_of_reference(0.3))
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert convert(good, foreign) == 1
+    assert "left untouched" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    target = tmp_path / "model"
+    assert convert(good, target) == 0
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert convert(broken, target) == 1
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+    assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", target) == 0
+    assert json.loads((target / "config.json").read_text())["architectures"] == ["BeatsForAudioClassification"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt", "foreign", "model"]  # no staging leftovers
+
+
+def test_failure_while_writing_leaves_no_half_written_folder(tmp_path, monkeypatch, capsys):
+    """A failure at the last step (the reload check) removes the staging folder and keeps an earlier conversion."""
+    import conversion.publishing
+
+    target = tmp_path / "model"
+    assert convert(OFFICIAL_TINY / "tiny_pretrained.pt", target) == 0
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def failing_check(folder, kind, check):
+        assert (folder / "model.safetensors").is_file()  # the staging folder was fully written by then
+        raise ConversionError("the saved model does not reproduce the outputs of the converted model.")
+
+    monkeypatch.setattr(conversion.publishing, "verify_folder", failing_check)
+    assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", target) == 1
+    assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", tmp_path / "new") == 1
+    assert "does not reproduce" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_script_runs_from_any_directory_and_fails_without_traceback(tmp_path):
+    run = [sys.executable, str(SCRIPT), "--pytorch_dump_folder_path", str(tmp_path / "out")]
+    ok = subprocess.run([*run, "--checkpoint_path", str(OFFICIAL_TINY / "tiny_tokenizer.pt")], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "converted tiny_tokenizer.pt (tokenizer)" in ok.stdout
+    bad = subprocess.run([*run, "--checkpoint_path", str(tmp_path / "nope.pt")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
