@@ -1,0 +1,216 @@
+"""Demo corpus rendered from a General MIDI soundfont (`demo.corpus`), and its log-mel baseline (`demo.baseline`)."""
+
+import hashlib
+import json
+import re
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beats_hf.demo import corpus as corpus_module
+from beats_hf.demo.baseline import logmel_baseline
+from beats_hf.demo.corpus import FAMILIES, build_corpus, midi_file
+
+
+TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")  # small GM bank (timgm6mb-soundfont): fast renders
+TINY = dict(soundfont=TIMGM, clips_per_train_program=1, clips_per_test_program=1, unlabelled_clips=6, progress=False)
+
+needs_fluidsynth = pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or not TIMGM.is_file(),
+    reason="needs `apt-get install fluidsynth timgm6mb-soundfont` (done by `make install`)",
+)
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*")) if path.is_file()
+    }
+
+
+def program_of(path: str) -> int:
+    return int(re.search(r"_p(\d{3})", path).group(1))
+
+
+@pytest.fixture(scope="module")
+def tiny_corpora(tmp_path_factory):
+    """The same tiny corpus built twice, with 1 and with 2 workers, in two folders."""
+    first, second = tmp_path_factory.mktemp("corpus_a"), tmp_path_factory.mktemp("corpus_b")
+    return build_corpus(first, num_workers=1, **TINY), build_corpus(second, num_workers=2, **TINY)
+
+
+@needs_fluidsynth
+def test_corpus_is_byte_identical_across_runs_and_workers(tiny_corpora):
+    first, second = (Path(manifest["output_dir"]) for manifest in tiny_corpora)
+    files_a, files_b = digests(first), digests(second)
+    assert files_a == files_b
+    assert len([name for name in files_a if name.endswith(".wav")]) == 60 + 20 + 6
+    assert tiny_corpora[0]["counts"] == {"train": 60, "test": 20, "unlabelled": 6, "redrawn_silent": 0}
+    assert not tiny_corpora[0]["reused"] and not tiny_corpora[1]["reused"]
+
+
+@needs_fluidsynth
+def test_train_and_test_programs_are_disjoint(tiny_corpora):
+    root = Path(tiny_corpora[0]["output_dir"])
+    manifest = json.loads((root / "corpus.json").read_text())
+    assert manifest["soundfont"]["path"] == str(TIMGM)
+    assert manifest["soundfont"]["sha256"] == hashlib.sha256(TIMGM.read_bytes()).hexdigest()
+    train = {p for programs in manifest["programs"]["train"].values() for p in programs}
+    test = {p for programs in manifest["programs"]["test"].values() for p in programs}
+    assert len(train) == 60 and len(test) == 20 and not train & test
+    for index, family in enumerate(FAMILIES):  # 6 + 2 programs of the family's GM group
+        group = set(range(8 * index, 8 * index + 8))
+        assert set(manifest["programs"]["train"][family]) | set(manifest["programs"]["test"][family]) == group
+
+    def programs_on_disk(folder: str) -> set[int]:
+        return {program_of(path.name) for path in (root / folder).rglob("*.wav")}
+
+    assert programs_on_disk("labelled/train") == train
+    assert programs_on_disk("labelled/test") == test
+    unlabelled = programs_on_disk("unlabelled")
+    assert unlabelled and not unlabelled & test
+    assert unlabelled <= train | set(range(80, 104))
+    for path in (root / "labelled").rglob("*.wav"):  # the folder name is the family of the program
+        assert path.parent.name == FAMILIES[program_of(path.name) // 8]
+
+
+@needs_fluidsynth
+def test_clips_are_16khz_mono_2s_and_not_silent(tiny_corpora):
+    root = Path(tiny_corpora[0]["output_dir"])
+    for path in sorted(root.rglob("*.wav")):
+        with wave.open(str(path)) as handle:
+            assert (handle.getnchannels(), handle.getsampwidth(), handle.getframerate()) == (1, 2, 16000)
+            assert handle.getnframes() == 32000
+            samples = np.frombuffer(handle.readframes(32000), dtype="<i2").astype(np.float64) / 32768
+        # -20 dBFS RMS, lower only where the peak had to be limited to 0.95 (a few percussive clips)
+        rms, peak = np.sqrt(np.mean(samples**2)), np.abs(samples).max()
+        assert 0.02 < rms < 0.1001 and peak < 0.9501, path
+        assert rms > 0.0999 or peak > 0.949, path
+
+
+@needs_fluidsynth
+def test_audiofolder_loads_with_both_splits_and_ten_labels(tiny_corpora, tmp_path):
+    import datasets
+
+    labelled = Path(tiny_corpora[0]["output_dir"]) / "labelled"
+    dataset = datasets.load_dataset("audiofolder", data_dir=str(labelled), cache_dir=str(tmp_path / "cache"))
+    assert set(dataset) == {"train", "test"}
+    assert (dataset["train"].num_rows, dataset["test"].num_rows) == (60, 20)
+    label = dataset["train"].features["label"]
+    assert label.num_classes == 10 and sorted(label.names) == sorted(FAMILIES)
+    assert set(dataset["test"]["label"]) == set(range(10))
+    audio = dataset["test"][0]["audio"]  # decoded through torchcodec
+    samples = audio.get_all_samples()
+    assert samples.sample_rate == 16000 and tuple(samples.data.shape) == (1, 32000)
+
+
+@needs_fluidsynth
+def test_reuse_and_rebuild_of_a_missing_file(tiny_corpora):
+    root = Path(tiny_corpora[1]["output_dir"])
+    before = digests(root)
+    again = build_corpus(root, **TINY)
+    assert again["reused"] and again["counts"] == tiny_corpora[1]["counts"]
+    removed = next(iter((root / "labelled" / "test").rglob("*.wav")))
+    removed.unlink()
+    rebuilt = build_corpus(root, **TINY)
+    assert not rebuilt["reused"] and digests(root) == before
+
+
+def test_missing_soundfont_names_the_debian_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install timgm6mb-soundfont"):
+        build_corpus(tmp_path, soundfont=tmp_path / "TimGM6mb.sf2", progress=False)
+    with pytest.raises(FileNotFoundError, match="apt-get install fluid-soundfont-gm"):
+        build_corpus(tmp_path, soundfont=tmp_path / "FluidR3_GM.sf2", progress=False)
+    with pytest.raises(FileNotFoundError, match="General MIDI .sf2.*fluid-soundfont-gm"):
+        build_corpus(tmp_path, soundfont=tmp_path / "other.sf2", progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_fluidsynth_names_the_debian_package(tmp_path, monkeypatch):
+    soundfont = tmp_path / "bank.sf2"
+    soundfont.write_bytes(b"not read before the check")
+    monkeypatch.setattr(corpus_module.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install fluidsynth"):
+        build_corpus(tmp_path / "out", soundfont=soundfont, progress=False)
+
+
+def test_midi_file_layout():
+    data = midi_file([(0, bytes([0xC0, 5])), (0, bytes([0x90, 60, 100])), (200, bytes([0x80, 60, 0]))], end_tick=16583)
+    assert data[:14] == b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x01\xf4"  # type 0, one track, 500 ticks per quarter
+    track = data[22:]
+    assert data[14:18] == b"MTrk" and int.from_bytes(data[18:22], "big") == len(track)
+    assert track == (b"\x00\xff\x51\x03\x07\xa1\x20"  # tempo 500,000 us per quarter: 1 tick = 1 ms
+                     b"\x00\xc0\x05" b"\x00\x90\x3c\x64" b"\x81\x48\x80\x3c\x00"  # delta 200 = 0x81 0x48
+                     b"\xff\x7f\xff\x2f\x00")  # delta 16383 = 0xff 0x7f, end of track
+    with pytest.raises(ValueError):
+        midi_file([(10, b"\x90\x3c\x64"), (5, b"\x80\x3c\x00")], end_tick=20)
+
+
+def test_logmel_baseline_separates_tones_from_noise():
+    rng = np.random.default_rng(0)
+    time = np.arange(8000) / 16000  # 0.5 s clips
+
+    def clip(kind: int) -> np.ndarray:
+        amplitude = rng.uniform(0.05, 0.5)
+        if kind == 0:  # a pure tone
+            return amplitude * np.sin(2 * np.pi * rng.uniform(200, 4000) * time + rng.uniform(0, 6.3))
+        if kind == 1:  # white noise
+            return amplitude * rng.standard_normal(len(time)) / 3
+        return amplitude * np.sign(np.sin(2 * np.pi * rng.uniform(100, 400) * time))  # a square wave
+
+    def make(count: int) -> tuple[list[np.ndarray], list[int]]:
+        labels = [i % 3 for i in range(count)]
+        return [clip(label).astype(np.float32) for label in labels], labels
+
+    train_waves, train_labels = make(60)
+    test_waves, test_labels = make(30)
+    test_waves[0] = test_waves[0][:3000]  # a shorter clip is fine too
+    result = logmel_baseline(train_waves, train_labels, test_waves, test_labels, num_classes=3)
+    assert len(result["predictions"]) == 30 and set(result["predictions"]) <= {0, 1, 2}
+    assert result["accuracy"] >= 0.9  # chance is 1/3
+    assert result["accuracy"] == np.mean(np.array(result["predictions"]) == np.array(test_labels))
+    assert result["weight_decay"] > 0
+
+
+@needs_fluidsynth
+def test_silent_renders_are_redrawn_then_reported(tmp_path, monkeypatch):
+    draw, seen = corpus_module._draw_notes, set()
+
+    def first_draw_of_program_0_is_empty(rng, program, family):
+        notes = draw(rng, program, family)
+        if program == 0 and program not in seen:
+            seen.add(program)
+            return []  # renders as silence
+        return notes
+
+    settings = {**TINY, "unlabelled_clips": 0, "num_workers": 1}
+    monkeypatch.setattr(corpus_module, "_draw_notes", first_draw_of_program_0_is_empty)
+    manifest = build_corpus(tmp_path / "redrawn", **settings)
+    assert manifest["counts"]["redrawn_silent"] == 1
+    assert (tmp_path / "redrawn" / "labelled" / "train" / "piano" / "piano_p000_0000.wav").is_file()
+
+    monkeypatch.setattr(corpus_module, "_draw_notes", lambda rng, program, family: [])
+    monkeypatch.setattr(corpus_module, "MAX_ATTEMPTS", 2)
+    with pytest.raises(RuntimeError, match="rendered silent 2 times"):
+        build_corpus(tmp_path / "silent", **settings)
+    assert not (tmp_path / "silent" / "corpus.json").exists()
+
+
+def test_vectorised_log_mel_matches_transformers_spectrogram():
+    from transformers.audio_utils import spectrogram, window_function
+
+    from beats_hf.demo import baseline
+
+    window, mel_filters = window_function(400, "povey", periodic=False), baseline._mel_filters()
+    waveform = np.random.default_rng(0).uniform(-0.5, 0.5, 5000).astype(np.float32)
+    expected = spectrogram(
+        waveform.astype(np.float64) * 32768, window, frame_length=400, hop_length=160, fft_length=512, power=2.0,
+        center=False, preemphasis=0.97, mel_filters=mel_filters, log_mel="log", mel_floor=1.192092955078125e-07,
+        remove_dc_offset=True,
+    ).T
+    got = baseline.log_mel(waveform, window, mel_filters)
+    assert got.shape == expected.shape == (29, 128)
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # audio_utils rounds its output to float32
