@@ -1,0 +1,246 @@
+"""BeatsFeatureExtractor and the batched Kaldi fbank against the official (torchaudio Kaldi) reference data."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from beats_hf.feature_extraction_beats import (
+    BeatsFeatureExtractor,
+    _fbank_constants,
+    kaldi_fbank,
+    logger,
+    num_frames,
+)
+
+REFERENCE = Path(__file__).parent / "fixtures/official_tiny" / "inputs.pt"
+ATOL = 1e-5
+EMPTY_MEL_CHANNEL = 3  # its Kaldi triangle holds no FFT bin: always log(eps), normalised to -2.3916928
+EMPTY_MEL_VALUE = -2.3916928
+REFERENCE_FRAMES = [268, 98, 498]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return torch.load(REFERENCE, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def clips(reference) -> list[np.ndarray]:
+    return [waveform[0].numpy() for waveform in reference["individual_waveforms"]]
+
+
+@pytest.fixture(scope="module")
+def extractor() -> BeatsFeatureExtractor:
+    return BeatsFeatureExtractor()
+
+
+def max_error(actual, expected) -> float:
+    return (torch.as_tensor(actual) - torch.as_tensor(expected)).abs().max().item()
+
+
+def random_clips(lengths, seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-0.8, 0.8, n).astype(np.float32) for n in lengths]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parity with the official preprocessing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_kaldi_fbank_matches_official_raw_log_mel(reference):
+    single = kaldi_fbank(reference["single_waveform"])
+    expected = reference["preprocess"]["single_unpadded"]["fbank_raw_log_mel"]
+    assert single.shape == expected.shape == (1, 268, 128) and single.dtype == torch.float32
+    assert max_error(single, expected) <= ATOL
+    # Every row of a padded batch at its full padded length, as the official per-sample loop computes it.
+    batch = kaldi_fbank(reference["batch_waveforms"])
+    assert max_error(batch, reference["preprocess"]["batch_padded"]["fbank_raw_log_mel"]) <= ATOL
+    assert torch.all(single[..., EMPTY_MEL_CHANNEL] == torch.tensor(torch.finfo(torch.float32).eps).log())
+
+
+def test_single_clip_matches_official_fbank(reference, extractor):
+    features = extractor(reference["single_waveform"][0].numpy(), sampling_rate=16000, return_tensors="pt")
+    expected = reference["preprocess"]["single_unpadded"]["fbank"]
+    assert features["input_features"].shape == expected.shape == (1, 268, 128)
+    assert max_error(features["input_features"], expected) <= ATOL
+    torch.testing.assert_close(
+        features["input_features"][..., EMPTY_MEL_CHANNEL], torch.full((1, 268), EMPTY_MEL_VALUE), rtol=0, atol=1e-6
+    )
+    assert features["attention_mask"].tolist() == [[1] * 268]
+
+
+def test_padded_batch_of_reference_clips(reference, clips, extractor):
+    features = extractor(clips, sampling_rate=16000, return_tensors="pt")
+    input_features, attention_mask = features["input_features"], features["attention_mask"]
+    assert input_features.shape == (3, 498, 128) and input_features.dtype == torch.float32
+    assert attention_mask.shape == (3, 498) and attention_mask.dtype == torch.int32
+    assert attention_mask.sum(-1).tolist() == REFERENCE_FRAMES
+    official_batch = reference["preprocess"]["batch_padded"]["fbank"]
+    official_single = reference["preprocess"]["single_unpadded"]["fbank"][0]
+    for index, frames in enumerate(REFERENCE_FRAMES):
+        assert attention_mask[index, :frames].all() and not attention_mask[index, frames:].any()
+        # Frames inside a clip never see its padding, so they match the official padded batch too.
+        assert max_error(input_features[index, :frames], official_batch[index, :frames]) <= ATOL
+        assert torch.all(input_features[index, frames:] == extractor.padding_value)
+    assert max_error(input_features[0, :268], official_single) <= ATOL
+
+
+def test_clip_in_padded_batch_equals_clip_alone(clips):
+    extractor = BeatsFeatureExtractor(padding_value=-7.0)
+    batch = extractor(clips, sampling_rate=16000, return_tensors="pt")
+    for index, clip in enumerate(clips):
+        alone = extractor(clip, sampling_rate=16000, return_tensors="pt")["input_features"][0]
+        frames = alone.shape[0]
+        assert frames == num_frames(len(clip)) == REFERENCE_FRAMES[index]
+        assert torch.equal(batch["input_features"][index, :frames], alone)
+        assert torch.all(batch["input_features"][index, frames:] == -7.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input forms and output types
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_numpy_torch_list_and_2d_inputs_agree(extractor):
+    clip_a, clip_b = random_clips([4000, 4000])
+    expected = extractor([clip_a, clip_b], sampling_rate=16000, return_tensors="pt")["input_features"]
+    variants = [
+        [torch.from_numpy(clip_a), torch.from_numpy(clip_b)],
+        np.stack([clip_a, clip_b]),
+        torch.from_numpy(np.stack([clip_a, clip_b])),
+        [clip_a.astype(np.float64), clip_b.astype(np.float64)],
+        (clip_a.tolist(), clip_b.tolist()),
+        [clip_a[None, :], clip_b[:, None]],  # a singleton channel axis is already mono
+    ]
+    for variant in variants:
+        assert torch.equal(extractor(variant, sampling_rate=16000, return_tensors="pt")["input_features"], expected)
+    single = extractor(clip_a, sampling_rate=16000, return_tensors="pt")["input_features"]
+    assert torch.equal(single, expected[:1])
+    assert torch.equal(extractor(clip_a.tolist(), sampling_rate=16000, return_tensors="pt")["input_features"], single)
+
+
+def test_return_tensors_types_and_shapes(extractor):
+    clips = random_clips([4000, 3200])
+    frames = [num_frames(4000), num_frames(3200)]
+
+    pt = extractor(clips, sampling_rate=16000, return_tensors="pt")
+    assert list(pt.keys()) == extractor.model_input_names
+    assert isinstance(pt["input_features"], torch.Tensor) and pt["input_features"].shape == (2, frames[0], 128)
+    assert isinstance(pt["attention_mask"], torch.Tensor) and pt["attention_mask"].dtype == torch.int32
+
+    np_out = extractor(clips, sampling_rate=16000, return_tensors="np")
+    assert isinstance(np_out["input_features"], np.ndarray) and np_out["input_features"].dtype == np.float32
+    assert np_out["attention_mask"].dtype == np.int32 and np_out["attention_mask"].shape == (2, frames[0])
+    np.testing.assert_array_equal(np_out["input_features"], pt["input_features"].numpy())
+
+    listed = extractor(clips, sampling_rate=16000)
+    assert isinstance(listed["input_features"], list) and len(listed["input_features"]) == 2
+    assert all(row.shape == (frames[0], 128) and row.dtype == np.float32 for row in listed["input_features"])
+    assert [row.sum() for row in listed["attention_mask"]] == frames
+
+    ragged = extractor(clips, sampling_rate=16000, padding=False)
+    assert [row.shape[0] for row in ragged["input_features"]] == frames
+    with pytest.raises(ValueError, match="padding=True"):
+        extractor(clips, sampling_rate=16000, padding=False, return_tensors="pt")
+
+    no_mask = extractor(clips, sampling_rate=16000, return_tensors="pt", return_attention_mask=False)
+    assert list(no_mask.keys()) == ["input_features"]
+
+
+def test_truncation_and_max_length_padding(extractor):
+    (clip,) = random_clips([6000])
+    truncated = extractor(clip, sampling_rate=16000, return_tensors="pt", truncation=True, max_length=3000)
+    expected = extractor(clip[:3000], sampling_rate=16000, return_tensors="pt")
+    assert torch.equal(truncated["input_features"], expected["input_features"])
+
+    padded = extractor(clip, sampling_rate=16000, return_tensors="pt", padding="max_length", max_length=8000)
+    assert padded["input_features"].shape == (1, num_frames(8000), 128)
+    assert padded["attention_mask"].sum().item() == num_frames(6000)
+    with pytest.raises(ValueError, match="truncation=True"):
+        extractor(clip, sampling_rate=16000, padding="max_length", max_length=5000)
+    with pytest.raises(ValueError, match="max_length"):
+        extractor(clip, sampling_rate=16000, truncation=True)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    extractor = BeatsFeatureExtractor(padding_value=-1.0, fbank_mean=10.0, fbank_std=5.0, return_attention_mask=False)
+    extractor.save_pretrained(tmp_path)
+    assert (tmp_path / "preprocessor_config.json").is_file()
+    loaded = BeatsFeatureExtractor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == extractor.to_dict()
+    assert (loaded.fbank_mean, loaded.fbank_std, loaded.padding_value) == (10.0, 5.0, -1.0)
+    settings = ("feature_size", "sampling_rate", "frame_length", "hop_length", "patch_size")
+    assert [getattr(loaded, name) for name in settings] == [128, 16000, 400, 160, 16]
+    assert loaded.return_attention_mask is False
+    clips = random_clips([3000, 5000])
+    np.testing.assert_array_equal(
+        loaded(clips, sampling_rate=16000, return_tensors="np")["input_features"],
+        extractor(clips, sampling_rate=16000, return_tensors="np")["input_features"],
+    )
+
+
+def test_fbank_constants_are_built_once():
+    first = _fbank_constants(128, 16000, 400, torch.device("cpu"), torch.float32)
+    assert _fbank_constants(128, 16000, 400, torch.device("cpu"), torch.float32) is first
+    window, mel_banks, _ = first
+    assert window.shape == (400,) and mel_banks.shape == (128, 257)
+    assert torch.all(mel_banks[:, -1] == 0) and torch.all(mel_banks[EMPTY_MEL_CHANNEL] == 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_matches_cpu(clips, extractor):
+    on_gpu = extractor(clips, sampling_rate=16000, return_tensors="pt", device="cuda")
+    assert on_gpu["input_features"].is_cuda and on_gpu["attention_mask"].is_cuda
+    on_cpu = extractor(clips, sampling_rate=16000, return_tensors="pt")
+    assert max_error(on_gpu["input_features"].cpu(), on_cpu["input_features"]) <= 1e-4
+    assert torch.equal(on_gpu["attention_mask"].cpu(), on_cpu["attention_mask"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make_input", "kwargs", "match"),
+    [
+        (lambda c: c, {"sampling_rate": 44100}, r"44100 Hz.*Resample.*16 kHz.*Audio\(sampling_rate=16000\)"),
+        (lambda c: c, {"sampling_rate": 8000}, r"8000 Hz"),
+        (lambda c: [c, np.stack([c, c])], {}, r"Clip 1 has shape \(2, 4000\).*mono"),
+        (lambda c: np.stack([c, c], axis=-1), {}, r"\(4000, 2\).*multi-channel.*mono"),
+        (lambda c: np.stack([c, c])[None], {}, r"\(1, 2, 4000\).*mono"),
+        (lambda c: [c, c[:2000]], {}, r"Clip 1 has 2000 samples.*at least 2800 samples \(0\.175 s"),
+        (lambda c: [c[:399]], {}, r"Clip 0 has 399 samples.*0\.175 s"),
+        (lambda c: [c, np.where(np.arange(4000) == 7, np.nan, c)], {}, r"Clip 1 contains NaN or Inf"),
+        (lambda c: [np.where(np.arange(4000) == 7, np.inf, c), c], {}, r"Clip 0 contains NaN or Inf"),
+        (lambda c: [], {}, r"empty batch"),
+        (lambda c: [c, np.zeros(0, np.float32)], {}, r"Clip 1 is empty"),
+        (lambda c: (c * 32767).astype(np.int16), {}, r"integer dtype int16.*32768"),
+        (lambda c: [c, torch.from_numpy((c * 32767).astype(np.int16))], {}, r"Clip 1 has integer dtype int16.*32768"),
+        (lambda c: c, {"return_tensors": "tf"}, r"return_tensors"),
+    ],
+)
+def test_bad_inputs_raise_helpful_errors(extractor, make_input, kwargs, match):
+    (clip,) = random_clips([4000])
+    kwargs = {"sampling_rate": 16000, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        extractor(make_input(clip), **kwargs)
+
+
+def test_missing_sampling_rate_warns(extractor, caplog):
+    (clip,) = random_clips([4000])
+    # transformers-style loggers may not propagate to the root logger that caplog listens on.
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            extractor(clip)
+            assert any("sampling_rate" in record.getMessage() for record in caplog.records)
+            caplog.clear()
+            extractor(clip, sampling_rate=16000)
+            assert not caplog.records
+    finally:
+        logger.removeHandler(caplog.handler)
