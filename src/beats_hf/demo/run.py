@@ -13,7 +13,6 @@
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def fine_tune(settings: DemoSettings, model_dir: Path, labelled: Path, output: P
         output_dir=str(output), use_cpu=True, do_train=True, do_eval=True, report_to="none",
         num_train_epochs=settings.finetune_epochs, learning_rate=settings.finetune_learning_rate,
         per_device_train_batch_size=settings.finetune_batch_size, per_device_eval_batch_size=32,
-        warmup_ratio=0.1, weight_decay=0.01, logging_steps=10, save_strategy="no", eval_strategy="no",
+        warmup_steps=0.1, weight_decay=0.01, logging_steps=10, save_strategy="no", eval_strategy="no",
         seed=settings.seed, dataloader_num_workers=0, disable_tqdm=False,
     )
     model_args = ModelArguments(model_name_or_path=str(model_dir), from_scratch=from_scratch, layer_decay=0.9)
@@ -133,11 +132,15 @@ def waveforms_and_labels(labelled: Path, split: str) -> tuple[list[np.ndarray], 
 def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[dict]:
     from transformers import pipeline
 
+    from ..audio_data import decode_audio
+
     classifier = pipeline("audio-classification", model=str(model_dir), top_k=3)
     files = sorted((labelled / "test").rglob("*.wav"))
     chosen = [files[i] for i in np.linspace(0, len(files) - 1, count).astype(int)]
+    # Decoded here (torchcodec) rather than by the pipeline, which would need the ffmpeg program.
     return [
-        {"file": str(path.relative_to(labelled)), "true": path.parent.name, "predictions": classifier(str(path))}
+        {"file": str(path.relative_to(labelled)), "true": path.parent.name,
+         "predictions": classifier({"raw": decode_audio(str(path)), "sampling_rate": 16000})}
         for path in chosen
     ]
 

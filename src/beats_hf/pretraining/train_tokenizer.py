@@ -1,0 +1,308 @@
+"""Train a BEATs acoustic tokenizer by distillation from a frozen teacher: `beats-hf train-tokenizer` and
+`run_tokenizer_training`.
+
+Command line (also `python -m beats_hf.pretraining.train_tokenizer`, and unchanged under `accelerate launch` or
+`torchrun` for several processes):
+
+    beats-hf train-tokenizer --teacher TEACHER --data DATA --output_dir OUT [--crop_seconds 10] \
+        [--student_hidden_size 768 --student_codebook_size 1024 ...] [any TrainingArguments, e.g. --max_steps 400000
+        --per_device_train_batch_size 8 --learning_rate 5e-4 --save_steps 5000 --logging_steps 100 --bf16]
+
+Python (what the iterative pre-training loop calls):
+
+    metrics = run_tokenizer_training(
+        teacher,                # str | os.PathLike | nn.Module: a folder saved with save_pretrained (or a Hub id) of
+                                #   any beats_hf model -- BeatsModel, BeatsForAudioClassification (the iter3+ teacher:
+                                #   its `.beats` encoder is used), BeatsForMaskedAudioModeling... -- or such a model
+        data,                   # str | datasets.Dataset | datasets.IterableDataset: a folder of audio files, a saved
+                                #   dataset or a Hub dataset id (read with audio_data.load_audio_dataset)
+        output_dir,             # str | os.PathLike: checkpoints (checkpoint-N/) and, at the end, the tokenizer
+        student_overrides=None, # dict of BeatsTokenizationConfig fields applied on top of the teacher's architecture,
+                                #   e.g. {"codebook_size": 1024, "codebook_dim": 256, "num_hidden_layers": 12}
+        training_args=None,     # transformers.TrainingArguments (its output_dir is replaced by `output_dir`)
+        *,
+        crop_seconds=10.0,      # random crop of each clip, in seconds (None: whole clips)
+        split="train", audio_column="audio", streaming=False, max_train_samples=None,
+        kmeans_iterations=10,   # spherical k-means iterations of the codebook initialisation (first batch)
+        callbacks=None,         # extra TrainerCallbacks
+    ) -> dict                   # Trainer metrics + last_distillation_loss, last_commitment_loss, last_codebook_usage,
+                                #   last_codebook_perplexity, last_dead_codes, codebook_sha256, tokenizer_dir
+
+The finished `output_dir` holds the student only (`BeatsForAudioTokenization`, loadable with
+`AutoModel.from_pretrained(output_dir)`), the feature extractor and `trainer_state.json`. The estimator and the
+codebook's EMA statistics are only in the `checkpoint-N/` folders. Training resumes from
+`training_args.resume_from_checkpoint` (a path, or True for the last checkpoint) and, when that is unset, from the
+last checkpoint already in `output_dir`.
+"""
+
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+
+import datasets
+import torch
+from torch import nn
+from transformers import AutoModel, HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, StreamingAudioClips, load_audio_dataset
+from ..feature_extraction_beats import BeatsFeatureExtractor
+from ..modeling_beats import BeatsModel
+from .quantization import is_distributed
+from .tokenizer_training import (
+    BeatsTokenizationDistillationModel,
+    TokenizationDistillationTrainer,
+    codebook_checksum,
+    student_config_from_teacher,
+    teacher_encoder,
+)
+
+logger = logging.getLogger(__name__)
+
+_LOGGED_METRICS = ("distillation_loss", "commitment_loss", "codebook_usage", "codebook_perplexity", "dead_codes")
+
+
+@dataclass
+class DistillationArguments:
+    teacher: str = field(
+        metadata={"help": "Folder saved with save_pretrained (or Hub id) of a beats_hf model: its encoder teaches."}
+    )
+    data: str = field(metadata={"help": "Folder of audio files, saved dataset or Hub dataset id (its audio column)."})
+    crop_seconds: float | None = field(default=10.0, metadata={"help": "Random crop of each clip, in seconds."})
+    split: str = field(default="train")
+    audio_column: str = field(default="audio")
+    streaming: bool = field(default=False, metadata={"help": "Read the data lazily (needs --max_steps)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N clips."})
+    kmeans_iterations: int = field(default=10, metadata={"help": "k-means iterations of the codebook initialisation."})
+
+
+@dataclass
+class StudentArguments:
+    """Overrides of the student's configuration; anything left unset is the teacher's (codebook: 1024 x 256)."""
+
+    student_hidden_size: int | None = None
+    student_num_hidden_layers: int | None = None
+    student_num_attention_heads: int | None = None
+    student_intermediate_size: int | None = None
+    student_patch_embedding_dim: int | None = None
+    student_num_conv_pos_embeddings: int | None = None
+    student_num_conv_pos_embedding_groups: int | None = None
+    student_layerdrop: float | None = None
+    student_codebook_size: int | None = None
+    student_codebook_dim: int | None = None
+    student_codebook_decay: float | None = None
+    student_commitment_weight: float | None = None
+    student_estimator_num_layers: int | None = None
+
+    def overrides(self) -> dict:
+        """The fields that were set, without the `student_` prefix."""
+        return {
+            item.name.removeprefix("student_"): getattr(self, item.name)
+            for item in fields(self)
+            if getattr(self, item.name) is not None
+        }
+
+
+def _looks_like_local_path(source: str) -> bool:
+    # A Hub id is "name" or "namespace/name"; anything else path-like must exist locally.
+    return os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
+
+
+def load_teacher(teacher: str | os.PathLike | nn.Module) -> BeatsModel:
+    """The frozen teacher encoder from a model or a saved folder / Hub id, with clear errors when it is missing."""
+    if isinstance(teacher, nn.Module):
+        return teacher_encoder(teacher)
+    source = os.fspath(teacher)
+    folder = os.path.expanduser(source)
+    if os.path.isdir(folder):
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise FileNotFoundError(
+                f"The teacher folder {source!r} has no config.json: pass a folder written by save_pretrained (convert "
+                "official BEATs checkpoints first with conversion/convert_beats_original_to_hf.py)."
+            )
+    elif os.path.exists(folder) or _looks_like_local_path(source):
+        raise FileNotFoundError(
+            f"No teacher model folder at {source!r}: pass a folder written by save_pretrained of a beats_hf model "
+            "(BeatsModel, BeatsForAudioClassification, ...) or a Hub model id."
+        )
+    try:
+        model = AutoModel.from_pretrained(folder if os.path.isdir(folder) else source)
+    except OSError as error:
+        raise FileNotFoundError(f"Could not load the teacher {source!r}: {error}") from error
+    return teacher_encoder(model)
+
+
+def _clip_dataset(
+    data, crop_seconds: float | None, split: str, audio_column: str, streaming: bool, max_train_samples: int | None,
+    seed: int,
+) -> AudioClips | StreamingAudioClips:
+    if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
+        dataset = data
+        streaming = isinstance(data, datasets.IterableDataset)
+    else:
+        dataset = load_audio_dataset(os.fspath(data), split=split, audio_column=audio_column, streaming=streaming)
+    if max_train_samples:
+        dataset = dataset.take(max_train_samples) if streaming else dataset.select(
+            range(min(max_train_samples, len(dataset)))
+        )
+    clip_class = StreamingAudioClips if streaming else AudioClips
+    return clip_class(dataset, crop_seconds=crop_seconds, label_column=None, audio_column=audio_column, seed=seed)
+
+
+def _resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from: `value` when it is a path; the last checkpoint in `output_dir` when it
+    is True (which must exist) or unset (if any)."""
+    # On the command line `--resume_from_checkpoint True` arrives as a string.
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if value is False:
+        return None
+    if value is None or value is True:
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if value is True and last is None:
+            raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir!r} holds no checkpoint-N folder.")
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"No checkpoint folder {value!r} to resume from.")
+    return value
+
+
+def _check_codebooks_in_sync(checksum: str) -> None:
+    """Raise if the processes ended with different codebooks (the EMA all-reduce must keep them bit-identical)."""
+    if not is_distributed():
+        return
+    checksums = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(checksums, checksum)
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"The processes ended with different codebooks: checksums {checksums}.")
+
+
+def run_tokenizer_training(
+    teacher: str | os.PathLike | nn.Module,
+    data: str | os.PathLike | datasets.Dataset | datasets.IterableDataset,
+    output_dir: str | os.PathLike,
+    student_overrides: dict | None = None,
+    training_args: TrainingArguments | None = None,
+    *,
+    crop_seconds: float | None = 10.0,
+    split: str = "train",
+    audio_column: str = "audio",
+    streaming: bool = False,
+    max_train_samples: int | None = None,
+    kmeans_iterations: int = 10,
+    callbacks: list[TrainerCallback] | None = None,
+) -> dict:
+    """Train an acoustic tokenizer by distillation from `teacher` and save it to `output_dir`; see the module
+    docstring for the arguments and the returned metrics."""
+    output_dir = os.fspath(output_dir)
+    training_args = copy.copy(training_args) if training_args is not None else TrainingArguments(output_dir=output_dir)
+    training_args.output_dir = output_dir
+    # Items are raw waveforms that the collator turns into features: nothing for Trainer to prune.
+    training_args.remove_unused_columns = False
+    if streaming and training_args.max_steps <= 0:
+        raise ValueError("Streaming data needs max_steps (a stream has no length to count epochs with).")
+
+    teacher_model = load_teacher(teacher)  # first: a missing teacher should fail before any data is read
+    set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
+    config = student_config_from_teacher(teacher_model.config, **(student_overrides or {}))
+    model = BeatsTokenizationDistillationModel(
+        config,
+        teacher_hidden_size=teacher_model.config.hidden_size,
+        kmeans_iterations=kmeans_iterations,
+        seed=training_args.seed,
+    )
+    clips = _clip_dataset(data, crop_seconds, split, audio_column, streaming, max_train_samples, training_args.seed)
+    feature_extractor = BeatsFeatureExtractor()
+    trainer = TokenizationDistillationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=clips,
+        data_collator=AudioFeatureCollator(feature_extractor),
+        processing_class=feature_extractor,
+        teacher=teacher_model,
+        callbacks=[ClipEpochCallback(clips), *(callbacks or [])],
+    )
+
+    checkpoint = _resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    if trainer.is_world_process_zero():
+        size = f"{len(clips)} clips" if isinstance(clips, AudioClips) else "streamed clips"
+        teacher_name = teacher if isinstance(teacher, (str, os.PathLike)) else type(teacher).__name__
+        print(
+            f"training a tokenizer ({model.student.num_parameters() / 1e6:.2f}M parameters, {config.codebook_size} x "
+            f"{config.codebook_dim} codebook, {config.estimator_num_layers}-layer estimator) from teacher "
+            f"{teacher_name!s} ({teacher_model.num_parameters() / 1e6:.2f}M) on {size}, "
+            f"{training_args.world_size} process(es)" + (f", resuming from {checkpoint}" if checkpoint else ""),
+            flush=True,
+        )
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    student = trainer.accelerator.unwrap_model(trainer.model).student
+    checksum = codebook_checksum(student.quantizer.codebook)
+    _check_codebooks_in_sync(checksum)
+    metrics = dict(result.metrics)
+    last_log = next((log for log in reversed(trainer.state.log_history) if "distillation_loss" in log), {})
+    for key in _LOGGED_METRICS:
+        if key in last_log:
+            metrics[f"last_{key}"] = last_log[key]
+    metrics["train_wall_seconds"] = round(time.time() - started, 1)
+    metrics["codebook_sha256"] = checksum
+    metrics["tokenizer_dir"] = output_dir
+    if trainer.is_world_process_zero():
+        # The tokenizer alone: no estimator, no EMA statistics.
+        student.save_pretrained(output_dir)
+        feature_extractor.save_pretrained(output_dir)
+        trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
+        finite = {
+            key: value for key, value in metrics.items()
+            if isinstance(value, str) or isinstance(value, (int, float)) and math.isfinite(value)
+        }
+        with open(os.path.join(output_dir, "train_results.json"), "w") as handle:
+            json.dump(finite, handle, indent=2, sort_keys=True)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((DistillationArguments, StudentArguments, TrainingArguments))
+    args, student_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
+        parser.error("--output_dir is required (checkpoints and the trained tokenizer go there).")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    metrics = run_tokenizer_training(
+        args.teacher,
+        args.data,
+        training_args.output_dir,
+        student_overrides=student_args.overrides(),
+        training_args=training_args,
+        crop_seconds=args.crop_seconds,
+        split=args.split,
+        audio_column=args.audio_column,
+        streaming=args.streaming,
+        max_train_samples=args.max_train_samples,
+        kmeans_iterations=args.kmeans_iterations,
+        callbacks=callbacks,
+    )
+    if training_args.process_index == 0:
+        summary = {key: metrics[key] for key in sorted(metrics) if key.startswith(("last_", "train_", "codebook"))}
+        print(json.dumps(summary))
+    return 0
+
+
+__all__ = [
+    "DistillationArguments",
+    "StudentArguments",
+    "load_teacher",
+    "main",
+    "run_tokenizer_training",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
