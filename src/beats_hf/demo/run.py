@@ -35,6 +35,7 @@ class DemoSettings:
     pretrain_batch_size: int
     finetune_batch_size: int
     finetune_learning_rate: float
+    pretrain_learning_rate: float
     soundfont: str | None = None
     seed: int = 0
 
@@ -42,12 +43,12 @@ class DemoSettings:
 FULL = DemoSettings(
     clips_per_train_program=10, clips_per_test_program=10, unlabelled_clips=1200, model_preset="small",
     ssl_steps=600, tokenizer_steps=200, finetune_epochs=8, pretrain_batch_size=16, finetune_batch_size=16,
-    finetune_learning_rate=2e-4,
+    finetune_learning_rate=2e-4, pretrain_learning_rate=3e-4,
 )
 FAST = DemoSettings(
     clips_per_train_program=2, clips_per_test_program=2, unlabelled_clips=48, model_preset="tiny",
     ssl_steps=6, tokenizer_steps=6, finetune_epochs=1, pretrain_batch_size=8, finetune_batch_size=8,
-    finetune_learning_rate=1e-3, soundfont="/usr/share/sounds/sf2/TimGM6mb.sf2",
+    finetune_learning_rate=1e-3, pretrain_learning_rate=1e-3, soundfont="/usr/share/sounds/sf2/TimGM6mb.sf2",
 )
 
 
@@ -75,6 +76,7 @@ def run_iterate(settings: DemoSettings, unlabelled: Path, output: Path) -> None:
         "--model_preset", settings.model_preset, "--max_steps", str(settings.ssl_steps),
         "--tokenizer_max_steps", str(settings.tokenizer_steps), "--seed", str(settings.seed),
         "--crop_seconds", "2.0", "--per_device_train_batch_size", str(settings.pretrain_batch_size),
+        "--learning_rate", str(settings.pretrain_learning_rate), "--warmup_steps", "0.05",
         "--logging_steps", str(max(1, settings.ssl_steps // 30)), "--save_steps", str(max(1, settings.ssl_steps // 3)),
     ]
     log("running: " + " ".join(command[2:]))
