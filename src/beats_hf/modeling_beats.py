@@ -667,6 +667,192 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Masked audio modeling (pre-training)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BeatsMaskedAudioModelingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Cross-entropy (with `config.label_smoothing`) of the label predictor over the masked valid patches that have a
+        label; only when `labels` is given.
+    logits (`torch.FloatTensor` of shape `(batch_size, patches, num_target_codes)`):
+        Code scores at every patch position. Only the masked valid positions are trained; the others are returned so
+        that the shape does not depend on the mask.
+    masked_accuracy (`torch.FloatTensor` of shape `()`, *optional*):
+        Share of the masked, labelled patches whose highest-scoring code is the label.
+    codebook_coverage_targets (`torch.FloatTensor` of shape `()`, *optional*):
+        Share of the `num_target_codes` codes that occur among the labels of the masked patches of this batch.
+    codebook_coverage_predictions (`torch.FloatTensor` of shape `()`, *optional*):
+        The same for the predicted codes; far below the target coverage, the predictor is collapsing onto a few codes.
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, visible_patches, hidden_size)`):
+        Encoder output for the visible patches only, left-aligned; see `patch_mask` and `position_ids`.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The encoder's hidden states (visible patches only), as in [`BeatsModelOutput`].
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        The encoder's attention probabilities (visible patches only), as in [`BeatsModelOutput`].
+    patch_mask (`torch.BoolTensor` of shape `(batch_size, visible_patches)`):
+        True for the slots of `last_hidden_state` that hold a visible patch.
+    position_ids (`torch.LongTensor` of shape `(batch_size, visible_patches)`):
+        Position, in the full patch sequence, of each slot of `last_hidden_state`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    masked_accuracy: torch.FloatTensor | None = None
+    codebook_coverage_targets: torch.FloatTensor | None = None
+    codebook_coverage_predictions: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    patch_mask: torch.BoolTensor | None = None
+    position_ids: torch.LongTensor | None = None
+
+
+class BeatsLabelPredictor(nn.Module):
+    """`predictor_num_layers` encoder layers over the full patch sequence, then a linear layer to the code scores.
+
+    The predictor has its own relative position bias over the full-length positions: the mask embedding is the same
+    vector at every masked patch, so the bias is what tells the predictor where each masked patch lies. Its layers are
+    built like the encoder's (same width, DeepNorm scaling and initialisation) and never skipped (no layerdrop).
+    """
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__()
+        self.relative_position_bias = BeatsRelativePositionBias(config) if config.relative_position_bias else None
+        self.layers = nn.ModuleList([BeatsEncoderLayer(config) for _ in range(config.predictor_num_layers)])
+        # Post-LN layers end in a LayerNorm already; pre-LN layers need a final one.
+        self.layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.layer_norm_first else None
+        )
+        self.classifier = nn.Linear(config.hidden_size, config.num_target_codes)
+
+    def forward(self, hidden_states: torch.Tensor, patch_valid: torch.Tensor) -> torch.Tensor:
+        num_patches = hidden_states.shape[1]
+        position_bias = None
+        if self.relative_position_bias is not None:
+            position_bias = self.relative_position_bias(torch.arange(num_patches, device=hidden_states.device)[None])
+        # Finite additive key mask over the padded patches, as in the encoder.
+        key_padding_mask = torch.zeros(patch_valid.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+        key_padding_mask = key_padding_mask.masked_fill(~patch_valid, torch.finfo(hidden_states.dtype).min)
+        key_padding_mask = key_padding_mask[:, None, None, :]
+        for layer in self.layers:
+            hidden_states, _ = layer(hidden_states, position_bias, key_padding_mask)
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
+        return self.classifier(hidden_states)
+
+
+class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
+    """BEATs masked audio modeling (paper §3.3): the encoder sees only the visible patches; a label predictor sees the
+    encoded visible patches back at their positions, a learned mask embedding at the masked ones, and predicts the
+    acoustic tokenizer's code of every masked patch.
+
+    Masks and targets are inputs: `bool_masked_pos` from `beats_hf.pretraining.masking.compute_patch_mask` (the
+    pre-training collator adds it) and `labels` from a frozen tokenizer (`BeatsForAudioTokenization` or
+    `BeatsRandomProjectionForAudioTokenization`), which the training loop runs; no tokenizer lives in this model.
+    `AutoModel.from_pretrained` on a saved folder gives the bare encoder ([`BeatsModel`]) and drops the predictor.
+    """
+
+    # The loss is a mean over this batch's masked patches: Trainer must not rescale it by num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: BeatsConfig):
+        super().__init__(config)
+        self.beats = BeatsModel(config)
+        self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        self.label_predictor = BeatsLabelPredictor(config)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            init.normal_(self.mask_embedding, mean=0.0, std=self.config.initializer_range)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BeatsMaskedAudioModelingOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
+            Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`] (at least 16 frames).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            1 for real frames, 0 for padding. A patch is valid only if all its frames are real.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, patches)`):
+            True for the patches to mask (time-major patch order, `patches = frames // 16 * 8`). Masked patches are
+            hidden from the encoder and predicted; True at a padded patch is ignored.
+        labels (`torch.LongTensor` of shape `(batch_size, patches)`, *optional*):
+            Code index of every patch from the acoustic tokenizer; -100 is ignored. The loss covers the masked valid
+            patches only.
+        """
+        if bool_masked_pos is None:
+            raise ValueError(
+                "BeatsForMaskedAudioModeling needs `bool_masked_pos` (batch, patches): draw it with "
+                "beats_hf.pretraining.masking.compute_patch_mask or use MaskedAudioModelingCollator."
+            )
+        batch_size, num_frames = input_features.shape[:2]
+        num_patches = num_frames // self.config.patch_size * self.config.num_frequency_patches
+        if tuple(bool_masked_pos.shape) != (batch_size, num_patches):
+            raise ValueError(
+                f"`bool_masked_pos` has shape {tuple(bool_masked_pos.shape)} but the features give "
+                f"({batch_size}, {num_patches}) patches."
+            )
+        if labels is not None and tuple(labels.shape) != (batch_size, num_patches):
+            raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected ({batch_size}, {num_patches}).")
+        bool_masked_pos = bool_masked_pos.bool()
+
+        outputs = self.beats(input_features, attention_mask=attention_mask, bool_masked_pos=bool_masked_pos, **kwargs)
+        encoded = outputs.last_hidden_state
+        patch_valid = self.compute_patch_mask(attention_mask, num_patches)
+        if patch_valid is None:
+            patch_valid = torch.ones_like(bool_masked_pos)
+        masked = bool_masked_pos & patch_valid
+
+        # Put the encoded patches back at their positions; unused slots of the visible sequence go to a spare column.
+        slots = torch.where(outputs.patch_mask, outputs.position_ids, num_patches)
+        full = encoded.new_zeros(batch_size, num_patches + 1, encoded.shape[-1])
+        full = full.scatter(1, slots.unsqueeze(-1).expand_as(encoded), encoded)[:, :num_patches]
+        full = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(full.dtype), full)
+        logits = self.label_predictor(full, patch_valid)
+
+        loss = masked_accuracy = coverage_targets = coverage_predictions = None
+        if labels is not None:
+            selected = masked & (labels != -100)
+            selected_logits = logits[selected].float()
+            targets = labels[selected]
+            # A sum over the selected patches divided by their count: 0 (not NaN) for a batch with nothing masked.
+            loss = F.cross_entropy(
+                selected_logits, targets, label_smoothing=self.config.label_smoothing, reduction="sum"
+            ) / selected.sum().clamp(min=1)
+            with torch.no_grad():
+                predictions = selected_logits.argmax(-1)
+                count = max(targets.numel(), 1)
+                num_codes = self.config.num_target_codes
+                masked_accuracy = (predictions == targets).sum() / count
+                coverage_targets = (torch.bincount(targets, minlength=num_codes) > 0).sum() / num_codes
+                coverage_predictions = (torch.bincount(predictions, minlength=num_codes) > 0).sum() / num_codes
+
+        return BeatsMaskedAudioModelingOutput(
+            loss=loss,
+            logits=logits,
+            masked_accuracy=masked_accuracy,
+            codebook_coverage_targets=coverage_targets,
+            codebook_coverage_predictions=coverage_predictions,
+            last_hidden_state=encoded,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            patch_mask=outputs.patch_mask,
+            position_ids=outputs.position_ids,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Acoustic tokenizers
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -797,8 +983,10 @@ __all__ = [
     "BeatsModel",
     "BeatsForAudioClassification",
     "BeatsForAudioFrameClassification",
+    "BeatsForMaskedAudioModeling",
     "BeatsForAudioTokenization",
     "BeatsRandomProjectionForAudioTokenization",
     "BeatsModelOutput",
+    "BeatsMaskedAudioModelingOutput",
     "BeatsTokenizationOutput",
 ]

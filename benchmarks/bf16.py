@@ -1,0 +1,142 @@
+"""bfloat16 inference: speed of the base model and accuracy on the fine-tuned tiny reference checkpoint.
+
+Speed: BeatsModel base (sdpa) on 4 x 10 s, fp32 against `torch.autocast("cpu", torch.bfloat16)` and against weights
+cast to bfloat16 (`model.to(torch.bfloat16)`), timed alternately in one process. Goal: autocast <= 0.5x fp32.
+Accuracy: the official-format fine-tuned tiny checkpoint (tests/fixtures/official_tiny) on its reference clips:
+probabilities (sigmoid of the logits) within 1e-2 of fp32 and the same top-1 label. On a GPU (when
+`torch.cuda.is_available()`) the same comparisons run on `cuda` as well.
+
+    python benchmarks/bf16.py [--threads 2] [--repeats 5]
+"""
+
+import copy
+import sys
+
+import torch
+
+from common import (
+    REPO_ROOT,
+    base_parser,
+    machine_description,
+    paired_ratio,
+    print_table,
+    set_threads,
+    summarize,
+    time_alternating,
+    write_results,
+)
+
+from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsModel
+
+TINY = REPO_ROOT / "tests" / "fixtures" / "official_tiny"
+
+
+def speed(device: str, batch: int, seconds: float, repeats: int, warmup: int) -> list[dict]:
+    torch.manual_seed(0)
+    config = BeatsConfig()
+    config._attn_implementation = "sdpa"
+    model = BeatsModel(config).eval().to(device)
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    num_frames = 1 + (int(seconds * 16000) - 400) // 160
+    features = torch.randn(batch, num_frames, 128, generator=torch.Generator().manual_seed(1)).to(device)
+    bf16_features = features.to(torch.bfloat16)
+
+    def fp32():
+        with torch.inference_mode():
+            return model(features).last_hidden_state
+
+    def autocast():
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+            return model(features).last_hidden_state
+
+    def bf16_weights():
+        with torch.inference_mode():
+            return bf16_model(bf16_features).last_hidden_state
+
+    runs = {"fp32": fp32, "autocast_bf16": autocast, "bf16_weights": bf16_weights}
+    reference = fp32()
+    differences = {name: (run().float() - reference).abs().max().item() for name, run in runs.items()}
+    times = time_alternating(runs, repeats=repeats, warmup=warmup)
+    base = summarize(times["fp32"])["median_s"]
+    rows = []
+    for name in runs:
+        stats = summarize(times[name])
+        rows.append({"device": device, "variant": name, **stats, "vs_fp32": stats["median_s"] / base,
+                     "paired_vs_fp32": paired_ratio(times, name, "fp32"), "max_abs_diff": differences[name]})
+    return rows
+
+
+def reference_model():
+    from conversion.beats_conversion import convert_checkpoint
+
+    return convert_checkpoint(torch.load(TINY / "tiny_finetuned.pt", weights_only=True)).eval()
+
+
+def accuracy(device: str) -> tuple[list[dict], dict]:
+    model = reference_model().to(device)
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    feature_extractor = BeatsFeatureExtractor()
+    clips = [clip[0] for clip in torch.load(TINY / "inputs.pt", weights_only=True)["individual_waveforms"]]
+    cases = {f"clip_{index}": [clip] for index, clip in enumerate(clips)}
+    cases["padded_batch"] = clips
+    rows, worst = [], {"autocast_bf16": 0.0, "bf16_weights": 0.0}
+    top1_same = {"autocast_bf16": True, "bf16_weights": True}
+    for case, batch in cases.items():
+        inputs = feature_extractor(batch, sampling_rate=16000, return_tensors="pt", device=device)
+        with torch.inference_mode():
+            fp32 = torch.sigmoid(model(**inputs).logits.float())
+            with torch.autocast(device, dtype=torch.bfloat16):
+                autocast = torch.sigmoid(model(**inputs).logits.float())
+            bf16_inputs = {"input_features": inputs["input_features"].to(torch.bfloat16),
+                           "attention_mask": inputs["attention_mask"]}
+            weights = torch.sigmoid(bf16_model(**bf16_inputs).logits.float())
+        for name, probabilities in (("autocast_bf16", autocast), ("bf16_weights", weights)):
+            difference = (probabilities - fp32).abs().max().item()
+            same = bool((probabilities.argmax(-1) == fp32.argmax(-1)).all())
+            worst[name] = max(worst[name], difference)
+            top1_same[name] &= same
+            rows.append({"device": device, "case": case, "variant": name, "max_abs_prob_diff": difference,
+                         "top1_fp32": fp32.argmax(-1).tolist(), "top1_bf16": probabilities.argmax(-1).tolist(),
+                         "same_top1": same})
+    summary = {name: {"max_abs_prob_diff": worst[name], "same_top1": top1_same[name],
+                      "met": worst[name] <= 1e-2 and top1_same[name]} for name in worst}
+    return rows, summary
+
+
+def main() -> int:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    speed_rows, accuracy_rows, accuracy_summary = [], [], {}
+    for device in devices:
+        accuracy_device_rows, accuracy_summary[device] = accuracy(device)
+        accuracy_rows += accuracy_device_rows
+        speed_rows += speed(device, args.batch, args.seconds, args.repeats, args.warmup)
+
+    title = f"BeatsModel base, {args.batch} x {args.seconds:g} s, {args.threads} threads"
+    columns = ["device", "variant", "median_s", "min_s", "vs_fp32", "paired_vs_fp32", "max_abs_diff"]
+    print_table(speed_rows, columns, title)
+    columns = ["device", "case", "variant", "max_abs_prob_diff", "top1_fp32", "top1_bf16", "same_top1"]
+    print_table(accuracy_rows, columns, "Fine-tuned tiny reference checkpoint: probabilities against fp32")
+    autocast = next(row for row in speed_rows if row["device"] == "cpu" and row["variant"] == "autocast_bf16")
+    payload = {
+        "machine": machine_description(args.threads),
+        "setup": {"batch": args.batch, "seconds": args.seconds, "repeats": args.repeats, "warmup": args.warmup,
+                  "config": "BeatsConfig() defaults (base), sdpa, inference_mode"},
+        "speed": speed_rows,
+        "accuracy": accuracy_rows,
+        "accuracy_summary": accuracy_summary,
+        "goal": {"autocast_vs_fp32_max": 0.5, "autocast_vs_fp32": autocast["paired_vs_fp32"],
+                 "met": autocast["paired_vs_fp32"] <= 0.5, "probabilities_within": 1e-2},
+    }
+    path = write_results("bf16", payload, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Long recordings: the chunked path (`beats_hf.long_audio.embed_long_audio`) against one unchunked forward.
+
+A 10-minute recording of real instrument samples (General MIDI phrases rendered by fluidsynth with the FluidR3 GM
+soundfont, changing instrument every few seconds, with drums and pauses; a generated signal when fluidsynth or the
+soundfont is missing) is embedded with the base model through 10 s windows every 8 s, 4 windows per batch. Each length
+(1, 2, 5, 10 min for the chunked path; 0.5, 1, 2 min for the unchunked forward, whose attention is quadratic in the
+length) runs once in its own subprocess, which reports its peak resident memory and its wall time. Then, in this
+process, the chunked path and the unchunked forward are timed alternately on 1 minute, and their outputs compared.
+
+    python benchmarks/long_audio.py [--threads 2] [--chunked-minutes 1 2 5 10] [--unchunked-minutes 0.5 1 2]
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import (
+    base_parser,
+    machine_description,
+    measure_peak_memory,
+    memory_in_subprocess,
+    paired_ratio,
+    print_memory_result,
+    print_table,
+    set_threads,
+    summarize,
+    time_alternating,
+    write_results,
+)
+
+from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsModel
+from beats_hf.long_audio import embed_long_audio
+
+SAMPLING_RATE = 16000
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+RECORDING = Path(tempfile.gettempdir()) / "beats_hf_benchmark_recording_10min.npy"
+
+
+def render_recording(minutes: float = 10.0, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(mono float32 audio at 16 kHz, description), cached in the temp folder."""
+    if RECORDING.exists():
+        return np.load(RECORDING), "fluidsynth FluidR3 GM phrases (cached)"
+    fluidsynth = shutil.which("fluidsynth")
+    if fluidsynth is None or not SOUNDFONT.is_file():
+        return generated_signal(minutes, seed), "generated signal (no fluidsynth or soundfont)"
+    from beats_hf.demo.corpus import midi_file
+
+    rng = np.random.default_rng(seed)
+    events, tick, end = [], 0, int(minutes * 60_000)  # one tick = 1 ms
+    while tick < end:
+        program = int(rng.integers(0, 112))
+        events.append((tick, 0, bytes([0xC0, program])))
+        phrase_end = min(end, tick + int(rng.integers(3_000, 12_000)))
+        drums = rng.random() < 0.4
+        while tick < phrase_end:
+            length = int(rng.choice([125, 250, 500, 1000]))
+            pitch = int(rng.integers(40, 84))
+            events.append((tick, 2, bytes([0x90, pitch, int(rng.integers(50, 120))])))
+            events.append((tick + length, 1, bytes([0x80, pitch, 0])))
+            if drums and tick % 500 < 250:
+                drum = int(rng.choice([35, 38, 42, 46, 49]))
+                events.append((tick, 2, bytes([0x99, drum, 100])))
+                events.append((tick + 100, 1, bytes([0x89, drum, 0])))
+            tick += length
+        events.append((tick, 0, bytes([0xB0, 123, 0])))  # all notes off
+        tick += int(rng.choice([0, 0, 500, 2_000]))  # sometimes a pause
+    events.sort(key=lambda event: (event[0], event[1]))
+    with tempfile.TemporaryDirectory(prefix="beats_long_audio_") as scratch:
+        midi_path, raw_path = Path(scratch) / "recording.mid", Path(scratch) / "recording.raw"
+        midi_path.write_bytes(midi_file([(at, message) for at, _, message in events], end_tick=end))
+        command = [fluidsynth, "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.5", "-r", str(SAMPLING_RATE), "-T", "raw",
+                   "-O", "float", "-E", "little", "-F", str(raw_path), str(SOUNDFONT), str(midi_path)]
+        subprocess.run(command, capture_output=True, check=True)
+        audio = np.fromfile(raw_path, dtype="<f4").reshape(-1, 2).mean(axis=1)
+    audio = audio[: int(minutes * 60 * SAMPLING_RATE)]
+    audio = (audio / max(1e-6, float(np.abs(audio).max())) * 0.9).astype(np.float32)
+    np.save(RECORDING, audio)
+    return audio, "fluidsynth FluidR3 GM phrases"
+
+
+def generated_signal(minutes: float, seed: int) -> np.ndarray:
+    """Chirps, tones and noise bursts changing every second."""
+    rng = np.random.default_rng(seed)
+    second = np.arange(SAMPLING_RATE) / SAMPLING_RATE
+    pieces = []
+    for _ in range(int(minutes * 60)):
+        kind = rng.integers(3)
+        if kind == 0:
+            piece = np.sin(2 * np.pi * rng.uniform(100, 2000) * second)
+        elif kind == 1:
+            start, stop = rng.uniform(100, 4000, size=2)
+            piece = np.sin(2 * np.pi * (start * second + (stop - start) * second**2 / 2))
+        else:
+            piece = rng.standard_normal(SAMPLING_RATE) * np.exp(-5 * second)
+        pieces.append(0.3 * piece)
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def load_model() -> BeatsModel:
+    torch.manual_seed(0)
+    config = BeatsConfig()
+    config._attn_implementation = "sdpa"
+    return BeatsModel(config).eval()
+
+
+def unchunked(model, feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clip embedding, per-row vectors) of one forward over the whole recording."""
+    inputs = feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(inputs["input_features"]).last_hidden_state[0]
+    return hidden.mean(0), hidden.view(-1, 8, hidden.shape[-1]).mean(1)
+
+
+def run_one(variant: str, args) -> dict:
+    """One length in this (fresh) process: peak memory and wall time."""
+    mode, minutes = variant.split(":")
+    audio, _ = render_recording()
+    audio = audio[: int(float(minutes) * 60 * SAMPLING_RATE)]
+    model, feature_extractor = load_model(), BeatsFeatureExtractor()
+    if mode == "chunked":
+        def run():
+            return embed_long_audio(model, feature_extractor, audio, args.window, args.hop, args.batch)
+        embed_long_audio(model, feature_extractor, audio[: 10 * SAMPLING_RATE], args.window, args.hop, args.batch)
+    else:
+        def run():
+            return unchunked(model, feature_extractor, audio)
+        unchunked(model, feature_extractor, audio[: 10 * SAMPLING_RATE])
+    start = time.perf_counter()
+    result = measure_peak_memory(run)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def main() -> int:
+    parser = base_parser(__doc__.split("\n\n")[0], repeats=3)
+    parser.add_argument("--chunked-minutes", type=float, nargs="*", default=[1, 2, 5, 10])
+    parser.add_argument("--unchunked-minutes", type=float, nargs="*", default=[0.5, 1, 2])
+    parser.add_argument("--compare-minutes", type=float, default=1.0, help="length of the in-process comparison")
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--hop", type=float, default=8.0)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    if args.memory_variant:
+        print_memory_result(run_one(args.memory_variant, args))
+        return 0
+
+    audio, source = render_recording()
+    print(f"recording: {len(audio) / SAMPLING_RATE / 60:.1f} min, {source}")
+    extra = ["--threads", str(args.threads), "--window", str(args.window), "--hop", str(args.hop),
+             "--batch", str(args.batch)]
+    rows = []
+    if not args.no_memory:
+        for mode, lengths in (("chunked", args.chunked_minutes), ("unchunked", args.unchunked_minutes)):
+            for minutes in lengths:
+                result = memory_in_subprocess(__file__, f"{mode}:{minutes:g}", extra)
+                row = {"path": mode, "minutes": minutes, "patches": int((minutes * 60 * SAMPLING_RATE - 2800) // 2560 + 1) * 8,
+                       **result}
+                if "seconds" in result:
+                    row["s_per_audio_min"] = result["seconds"] / minutes
+                rows.append(row)
+                print(f"  {mode} {minutes:g} min: {result}", flush=True)
+        print_table(rows, ["path", "minutes", "patches", "peak_mb", "increment_mb", "seconds", "s_per_audio_min"],
+                    f"Peak RSS and wall time per length (one run each, own process), {args.threads} threads")
+
+    model, feature_extractor = load_model(), BeatsFeatureExtractor()
+    clip = audio[: int(args.compare_minutes * 60 * SAMPLING_RATE)]
+    runs = {
+        "chunked": lambda: embed_long_audio(model, feature_extractor, clip, args.window, args.hop, args.batch),
+        "unchunked": lambda: unchunked(model, feature_extractor, clip),
+    }
+    chunked_result, (clip_embedding, rows_unchunked) = runs["chunked"](), runs["unchunked"]()
+    similarity = {
+        "clip_embedding_cosine": F.cosine_similarity(chunked_result.clip_embedding, clip_embedding, dim=0).item(),
+        "frame_cosine_mean": F.cosine_similarity(chunked_result.frame_embeddings, rows_unchunked, dim=1).mean().item(),
+    }
+    times = time_alternating(runs, repeats=args.repeats, warmup=0)
+    comparison = [{"path": name, **summarize(times[name]), "paired_vs_chunked": paired_ratio(times, name, "chunked")}
+                  for name in runs]
+    print_table(comparison, ["path", "median_s", "min_s", "max_s", "paired_vs_chunked"],
+                f"{args.compare_minutes:g} min recording, timed alternately in one process")
+    print("chunked vs unchunked (different context, random weights): " +
+          ", ".join(f"{key} = {value:.3f}" for key, value in similarity.items()))
+    payload = {
+        "machine": machine_description(args.threads),
+        "setup": {"recording": source, "window_seconds": args.window, "hop_seconds": args.hop,
+                  "batch_size": args.batch, "model": "BeatsConfig() defaults (base), random weights, sdpa, fp32"},
+        "per_length": rows,
+        "comparison": comparison,
+        "similarity": similarity,
+    }
+    path = write_results("long_audio", payload, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

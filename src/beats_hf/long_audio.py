@@ -1,0 +1,252 @@
+"""Embeddings of recordings of any length: sliding windows, batched, stitched back on the 160 ms row grid.
+
+BEATs attends over all patches of its input, so one forward over a whole recording costs time and memory quadratic
+in its length (the attention bias alone is `heads x patches^2` floats: 3.9 GB for 3 minutes). This module runs the
+model on windows of `window_seconds` that start every `hop_seconds`, `batch_size` windows at a time, so the working
+set is bounded by one batch and the total cost grows linearly with the recording.
+
+Grid. The model sees rows of 16 Kaldi frames (160 ms of hop, 0.175 s of audio each); row `r` of the recording covers
+samples `[2560 r, 2560 r + 2800)`. Windows start on that grid (the hop is rounded to a whole number of rows), so row
+`r_local` of a window starting at row `s` holds exactly the frames of recording row `s + r_local`: the features are
+identical to those of the whole recording, only the context the Transformer sees differs.
+
+Stitching. Every row of the recording is taken from exactly one window: the one in which it is most central, i.e.
+where its distance to the nearest window edge is largest (an edge that is also an end of the recording does not
+count, since no window has context beyond it); ties go to the earlier window. A row's vector is the mean of its
+frequency patches (8 for 128 mel bins). The clip embedding is the mean of the row vectors, i.e. the mean over all
+patches of the recording with every patch counted once. When one window covers the whole recording the result equals
+a plain forward pass: the mean over the valid patches and the per-row means.
+
+The last window is usually shorter; it is right-padded to the window length and masked (attention mask), which gives
+the same outputs as running it alone.
+
+    from beats_hf.long_audio import embed_long_audio
+    result = embed_long_audio(model, feature_extractor, waveform)  # 16 kHz mono, any length >= 0.175 s
+    result.clip_embedding, result.frame_embeddings, result.frame_times
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["LongAudioEmbeddings", "embed_long_audio", "plan_windows"]
+
+
+@dataclass
+class LongAudioEmbeddings:
+    """Output of [`embed_long_audio`], float32 tensors on the CPU.
+
+    Attributes:
+        clip_embedding (`torch.Tensor` of shape `(hidden_size,)`):
+            Mean over all patches of the recording (each counted once).
+        frame_embeddings (`torch.Tensor` of shape `(rows, hidden_size)`):
+            One vector per 160 ms row: the mean of the row's frequency patches, from the window where the row is most
+            central.
+        frame_times (`torch.Tensor` of shape `(rows,)`):
+            Start time of each row in seconds (`0.16 * r`); row `r` spans `[0.16 r, 0.16 r + 0.175)` s.
+        window_starts (`torch.Tensor` of shape `(windows,)`):
+            Start time of each window in seconds.
+        window_seconds (`float`):
+            Window length used.
+        hop_seconds (`float`):
+            Hop used, after rounding to whole 160 ms rows.
+    """
+
+    clip_embedding: torch.Tensor
+    frame_embeddings: torch.Tensor
+    frame_times: torch.Tensor
+    window_starts: torch.Tensor
+    window_seconds: float
+    hop_seconds: float
+
+
+@dataclass
+class _Grid:
+    row_samples: int  # samples between consecutive rows (16 x hop_length = 2560)
+    row_span: int  # samples one row needs (frame_length + 15 x hop_length = 2800)
+    window_samples: int
+    window_rows: int  # rows of a full window
+    hop_rows: int
+
+
+def _grid(feature_extractor, window_seconds: float, hop_seconds: float | None) -> _Grid:
+    sampling_rate = feature_extractor.sampling_rate
+    patch_size = getattr(feature_extractor, "patch_size", 16)
+    hop_length = getattr(feature_extractor, "hop_length", 160)
+    frame_length = getattr(feature_extractor, "frame_length", 400)
+    row_samples = patch_size * hop_length
+    row_span = frame_length + (patch_size - 1) * hop_length
+    if not window_seconds > 0:
+        raise ValueError(f"`window_seconds` must be positive, got {window_seconds!r}.")
+    window_samples = round(window_seconds * sampling_rate)
+    window_rows = (1 + (window_samples - frame_length) // hop_length) // patch_size if window_samples >= row_span else 0
+    if window_rows < 1:
+        raise ValueError(
+            f"`window_seconds` ({window_seconds}) is shorter than one row of patches ({row_span / sampling_rate} s)."
+        )
+    if hop_seconds is None:
+        hop_seconds = 0.8 * window_seconds
+    if not hop_seconds > 0:
+        raise ValueError(f"`hop_seconds` must be positive, got {hop_seconds!r}.")
+    if hop_seconds > window_seconds:
+        raise ValueError(
+            f"`hop_seconds` ({hop_seconds}) is larger than `window_seconds` ({window_seconds}): the windows would "
+            "leave gaps. Use a hop at most the window length (overlap = window - hop)."
+        )
+    hop_rows = round(hop_seconds * sampling_rate / row_samples)
+    if hop_rows < 1:
+        raise ValueError(
+            f"`hop_seconds` ({hop_seconds}) rounds to 0 rows: it must be at least {row_samples / sampling_rate} s "
+            "(the hop is rounded to whole 160 ms rows)."
+        )
+    if hop_rows > window_rows:
+        raise ValueError(
+            f"`hop_seconds` ({hop_seconds}) is {hop_rows} rows but a {window_seconds} s window holds only "
+            f"{window_rows} rows: the windows would leave gaps. Use a smaller hop."
+        )
+    return _Grid(row_samples, row_span, window_samples, window_rows, hop_rows)
+
+
+def plan_windows(
+    num_samples: int, feature_extractor, window_seconds: float = 10.0, hop_seconds: float | None = None
+) -> tuple[list[tuple[int, int]], int, _Grid]:
+    """Sample ranges `[(start, end)]` of the windows, the number of rows of the recording, and the grid.
+
+    Windows start every `hop_rows` rows and stop once a window reaches the last row; the last one is cut at the end
+    of the recording.
+    """
+    grid = _grid(feature_extractor, window_seconds, hop_seconds)
+    if num_samples < grid.row_span:
+        sampling_rate = feature_extractor.sampling_rate
+        raise ValueError(
+            f"The recording has {num_samples} samples ({num_samples / sampling_rate:.4f} s), fewer than the "
+            f"{grid.row_span} ({grid.row_span / sampling_rate} s) that one row of BEATs patches needs."
+        )
+    total_rows = (num_samples - grid.row_span) // grid.row_samples + 1
+    num_windows = 1 + max(0, math.ceil((total_rows - grid.window_rows) / grid.hop_rows))
+    windows = []
+    for index in range(num_windows):
+        start = index * grid.hop_rows * grid.row_samples
+        windows.append((start, min(start + grid.window_samples, num_samples)))
+    return windows, total_rows, grid
+
+
+def _encoder(model):
+    return model.beats if hasattr(model, "beats") else model
+
+
+def _select_hidden(outputs, layer: int | None, layer_weights: torch.Tensor | None) -> torch.Tensor:
+    if layer_weights is not None:
+        stacked = torch.stack(outputs.hidden_states, dim=0).float()
+        weights = layer_weights.to(device=stacked.device, dtype=stacked.dtype)
+        if weights.shape != (stacked.shape[0],):
+            raise ValueError(f"`layer_weights` has shape {tuple(weights.shape)}, expected ({stacked.shape[0]},).")
+        return (stacked * weights.view(-1, 1, 1, 1)).sum(0)
+    if layer is not None:
+        return outputs.hidden_states[layer].float()
+    return outputs.last_hidden_state.float()
+
+
+@torch.inference_mode()
+def embed_long_audio(
+    model,
+    feature_extractor,
+    waveform: np.ndarray | torch.Tensor,
+    window_seconds: float = 10.0,
+    hop_seconds: float | None = None,
+    batch_size: int = 4,
+    layer: int | None = None,
+    layer_weights: torch.Tensor | None = None,
+    sampling_rate: int | None = None,
+) -> LongAudioEmbeddings:
+    """Clip and per-row embeddings of a recording of any length, in bounded memory.
+
+    Args:
+        model ([`BeatsModel`] or a model with a `.beats` encoder):
+            The encoder; runs on its own device and dtype, in inference mode.
+        feature_extractor ([`BeatsFeatureExtractor`]):
+            Computes the fbank of each window (on the model's device).
+        waveform (`np.ndarray` or `torch.Tensor` of shape `(num_samples,)` or `(1, num_samples)`):
+            Mono float audio in [-1, 1] at the feature extractor's sampling rate (16 kHz); at least 0.175 s.
+        window_seconds (`float`, *optional*, defaults to 10.0):
+            Window length. BEATs was trained on 10 s clips.
+        hop_seconds (`float`, *optional*):
+            Distance between window starts, rounded to whole 160 ms rows. Defaults to 0.8 x `window_seconds` (8 s for
+            10 s windows, i.e. 2 s of overlap). Must not exceed the window (overlap = window - hop).
+        batch_size (`int`, *optional*, defaults to 4):
+            Windows per forward pass; the peak memory grows with it, not with the recording.
+        layer (`int`, *optional*):
+            Index into the hidden states (0 = encoder input, -1 = last layer). Default: `last_hidden_state`.
+        layer_weights (`torch.Tensor` of shape `(num_hidden_layers + 1,)`, *optional*):
+            Weights of a weighted sum of all hidden states instead of one layer.
+        sampling_rate (`int`, *optional*):
+            Sampling rate of `waveform`, checked against the feature extractor's.
+
+    Returns:
+        [`LongAudioEmbeddings`].
+    """
+    if layer is not None and layer_weights is not None:
+        raise ValueError("Pass either `layer` or `layer_weights`, not both.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size!r}.")
+    if sampling_rate is not None and sampling_rate != feature_extractor.sampling_rate:
+        raise ValueError(
+            f"The audio is sampled at {sampling_rate} Hz but the feature extractor expects "
+            f"{feature_extractor.sampling_rate} Hz: resample it first."
+        )
+    waveform = torch.as_tensor(waveform)
+    if waveform.ndim == 2 and 1 in waveform.shape:
+        waveform = waveform.reshape(-1)
+    if waveform.ndim != 1:
+        raise ValueError(f"`waveform` must be mono audio of shape (num_samples,), got {tuple(waveform.shape)}.")
+    waveform = waveform.float()
+
+    windows, total_rows, grid = plan_windows(waveform.shape[0], feature_extractor, window_seconds, hop_seconds)
+    encoder = _encoder(model)
+    parameter = next(encoder.parameters())
+    bands = encoder.config.num_mel_bins // encoder.config.patch_size
+    need_hidden_states = layer is not None or layer_weights is not None
+
+    frames = torch.zeros(total_rows, encoder.config.hidden_size)
+    best_margin = torch.full((total_rows,), -1, dtype=torch.long)
+    for first in range(0, len(windows), batch_size):
+        batch_windows = windows[first : first + batch_size]
+        inputs = feature_extractor(
+            [waveform[start:end] for start, end in batch_windows],
+            sampling_rate=feature_extractor.sampling_rate,
+            return_tensors="pt",
+            device=parameter.device,
+        )
+        outputs = encoder(
+            inputs["input_features"].to(parameter.dtype),
+            attention_mask=inputs.get("attention_mask"),
+            output_hidden_states=need_hidden_states,
+        )
+        hidden = _select_hidden(outputs, layer, layer_weights)
+        batch, num_patches, width = hidden.shape
+        rows = hidden.view(batch, num_patches // bands, bands, width).mean(2).cpu()
+        for index, (start, end) in enumerate(batch_windows):
+            first_row = start // grid.row_samples
+            num_rows = (end - start - grid.row_span) // grid.row_samples + 1
+            local = torch.arange(num_rows)
+            # Distance to the nearest window edge; the recording's own ends are not edges.
+            left = local if first_row > 0 else torch.full_like(local, total_rows)
+            right = num_rows - 1 - local if first_row + num_rows < total_rows else torch.full_like(local, total_rows)
+            margin = torch.minimum(left, right)
+            target = slice(first_row, first_row + num_rows)
+            better = margin > best_margin[target]
+            frames[target] = torch.where(better.unsqueeze(-1), rows[index, :num_rows], frames[target])
+            best_margin[target] = torch.where(better, margin, best_margin[target])
+
+    sampling_rate = feature_extractor.sampling_rate
+    seconds_per_row = grid.row_samples / sampling_rate
+    return LongAudioEmbeddings(
+        clip_embedding=frames.mean(0),
+        frame_embeddings=frames,
+        frame_times=torch.arange(total_rows, dtype=torch.float64) * seconds_per_row,
+        window_starts=torch.tensor([start for start, _ in windows], dtype=torch.float64) / sampling_rate,
+        window_seconds=float(window_seconds),
+        hop_seconds=grid.hop_rows * seconds_per_row,
+    )

@@ -1,0 +1,41 @@
+"""Mask drawing for masked audio modeling: small numpy functions run on the CPU by the data collator (as wav2vec2's
+`_compute_mask_indices`), so the model receives `bool_masked_pos` as an input."""
+
+import numpy as np
+
+
+def num_masked_patches(num_valid: np.ndarray, mask_ratio: float) -> np.ndarray:
+    """Patches to mask per clip: `mask_ratio * num_valid` rounded half up, kept in `[1, num_valid - 1]` so that every
+    clip has at least one masked and one visible patch. A clip with fewer than 2 valid patches gets 0: one patch cannot
+    be both, and an encoder input with no visible patch carries nothing to learn from."""
+    num_valid = np.asarray(num_valid, dtype=np.int64)
+    wanted = np.floor(mask_ratio * num_valid + 0.5).astype(np.int64)
+    return np.where(num_valid >= 2, np.clip(wanted, 1, np.maximum(num_valid - 1, 1)), 0)
+
+
+def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Random patch masking (the paper's 75 % recipe): for each clip, `num_masked_patches` patches drawn uniformly
+    without replacement among its valid patches.
+
+    Args:
+        patch_valid: bool `(batch, patches)`, True for real (not padded) patches.
+        mask_ratio: share of each clip's valid patches to mask, in (0, 1).
+        rng: the generator that draws the masks; the same seed gives the same masks.
+
+    Returns:
+        bool `(batch, patches)`, True for masked patches; always False at padded patches.
+    """
+    patch_valid = np.asarray(patch_valid, dtype=bool)
+    if patch_valid.ndim != 2:
+        raise ValueError(f"patch_valid must be (batch, patches), got shape {patch_valid.shape}.")
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio!r}.")
+    num_masked = num_masked_patches(patch_valid.sum(1), mask_ratio)
+    # Random keys with padded patches sorted last: the num_masked smallest keys of a clip are a uniform draw of
+    # num_masked of its valid patches.
+    keys = np.where(patch_valid, rng.random(patch_valid.shape), np.inf)
+    ranks = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    return (ranks < num_masked[:, None]) & patch_valid
+
+
+__all__ = ["compute_patch_mask", "num_masked_patches"]
