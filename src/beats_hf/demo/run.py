@@ -42,7 +42,7 @@ class DemoSettings:
 
 FULL = DemoSettings(
     clips_per_train_program=10, clips_per_test_program=10, unlabelled_clips=1200, model_preset="small",
-    ssl_steps=600, tokenizer_steps=200, finetune_epochs=8, pretrain_batch_size=16, finetune_batch_size=16,
+    ssl_steps=500, tokenizer_steps=150, finetune_epochs=6, pretrain_batch_size=16, finetune_batch_size=16,
     finetune_learning_rate=2e-4, pretrain_learning_rate=3e-4,
 )
 FAST = DemoSettings(
