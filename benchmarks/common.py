@@ -6,8 +6,9 @@ median of its runs. Ratios between variants of one run are what to read (`paired
 the per-round ratio); absolute times move by 10-20 %, at times by 2-3x, on a shared machine.
 
 Memory rule: the peak resident set (Linux `VmHWM`) of one variant, measured in a fresh subprocess so that nothing
-else inflates it. The high-water mark is reset (`/proc/self/clear_refs`) after the setup, so `peak_mb` is the peak
-while the measured call runs and `increment_mb` is how far that peak rose above the resident set before the call.
+else inflates it. The high-water mark is reset (`/proc/self/clear_refs`) after the setup (model built, inputs made),
+so `peak_mb` is the peak of the process while the first measured call runs (thread pools and caches included) and
+`increment_mb` is how far it rose above the resident set before that call.
 """
 
 import argparse
@@ -202,5 +203,7 @@ def print_table(rows: list[dict], columns: list[str], title: str | None = None) 
 
 def _format(value: object) -> str:
     if isinstance(value, float):
+        if value != 0 and abs(value) < 0.01:
+            return f"{value:.1e}"
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)

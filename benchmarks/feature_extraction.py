@@ -10,7 +10,6 @@ on one clip each. On a GPU (when `torch.cuda.is_available()`) the same runs with
 import sys
 
 import torch
-
 from common import (
     base_parser,
     machine_description,
@@ -70,7 +69,7 @@ def main() -> int:
                 "extractor_loop_vs_batched_max_abs":
                     (runs["extractor_loop"]() - runs["extractor_batched"]()).abs().max().item(),
             }
-        times = time_alternating(runs, repeats=args.repeats, warmup=args.warmup)
+        times, _ = time_alternating(runs, repeats=args.repeats, warmup=args.warmup)
         for name in runs:
             stats = summarize(times[name])
             baseline = name.replace("_loop", "_batched")

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from common import (
     base_parser,
     machine_description,
@@ -125,13 +124,15 @@ def run_one(variant: str, args) -> dict:
     audio = audio[: int(float(minutes) * 60 * SAMPLING_RATE)]
     model, feature_extractor = load_model(), BeatsFeatureExtractor()
     if mode == "chunked":
+
         def run():
             return embed_long_audio(model, feature_extractor, audio, args.window, args.hop, args.batch)
-        embed_long_audio(model, feature_extractor, audio[: 10 * SAMPLING_RATE], args.window, args.hop, args.batch)
+
     else:
+
         def run():
             return unchunked(model, feature_extractor, audio)
-        unchunked(model, feature_extractor, audio[: 10 * SAMPLING_RATE])
+
     start = time.perf_counter()
     result = measure_peak_memory(run)
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -161,8 +162,8 @@ def main() -> int:
         for mode, lengths in (("chunked", args.chunked_minutes), ("unchunked", args.unchunked_minutes)):
             for minutes in lengths:
                 result = memory_in_subprocess(__file__, f"{mode}:{minutes:g}", extra)
-                row = {"path": mode, "minutes": minutes, "patches": int((minutes * 60 * SAMPLING_RATE - 2800) // 2560 + 1) * 8,
-                       **result}
+                patches = int((minutes * 60 * SAMPLING_RATE - 2800) // 2560 + 1) * 8
+                row = {"path": mode, "minutes": minutes, "patches": patches, **result}
                 if "seconds" in result:
                     row["s_per_audio_min"] = result["seconds"] / minutes
                 rows.append(row)
@@ -181,7 +182,7 @@ def main() -> int:
         "clip_embedding_cosine": F.cosine_similarity(chunked_result.clip_embedding, clip_embedding, dim=0).item(),
         "frame_cosine_mean": F.cosine_similarity(chunked_result.frame_embeddings, rows_unchunked, dim=1).mean().item(),
     }
-    times = time_alternating(runs, repeats=args.repeats, warmup=0)
+    times, _ = time_alternating(runs, repeats=args.repeats, warmup=0)
     comparison = [{"path": name, **summarize(times[name]), "paired_vs_chunked": paired_ratio(times, name, "chunked")}
                   for name in runs]
     print_table(comparison, ["path", "median_s", "min_s", "max_s", "paired_vs_chunked"],

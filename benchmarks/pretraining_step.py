@@ -10,8 +10,9 @@ work), in training mode, forward + backward, no optimizer:
   visible 25 %, the 3-layer label predictor sees the full sequence) and random labels;
 - full-sequence step (the baseline): the same `BeatsModel` encoder on all patches, loss = mean of its output.
 
-After one warm-up of each, the two steps alternate `--runs` times and the medians are compared. Writes
-benchmarks/results/pretraining_step.json. The issue asks for a ratio of at most 0.5.
+After one warm-up of each, the two steps alternate `--runs` times and the medians are compared (the ratio of the
+fastest runs and the median of the per-run ratios are printed too: on a shared machine, load from other processes
+inflates single runs). Writes benchmarks/results/pretraining_step.json. The issue asks for a ratio of at most 0.5.
 
 For information it also times the labelling that iterations >= 2 add to each step: a forward pass without gradients
 of a base-size trained tokenizer (`BeatsForAudioTokenization`) on the full sequence. (Iteration 1's random
@@ -92,6 +93,8 @@ def main() -> None:
               f"labels {times['trained_tokenizer_labels'][-1]:.2f} s", flush=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
     ratio = medians["pretraining_step"] / medians["full_sequence_step"]
+    fastest_ratio = min(times["pretraining_step"]) / min(times["full_sequence_step"])
+    paired_ratio = statistics.median(a / b for a, b in zip(times["pretraining_step"], times["full_sequence_step"]))
 
     print("\n| step (forward + backward) | median (s) |\n|---|---|")
     print(f"| masked audio modeling, {args.mask_ratio:.0%} masked | {medians['pretraining_step']:.3f} |")
@@ -100,6 +103,7 @@ def main() -> None:
     verdict = "PASS" if ratio <= 0.5 else "FAIL"
     with_labels = (medians["pretraining_step"] + medians["trained_tokenizer_labels"]) / medians["full_sequence_step"]
     print(f"\nratio pre-training / full sequence: {ratio:.3f} (required: <= 0.5) -> {verdict}")
+    print(f"ratio of the fastest runs: {fastest_ratio:.3f}; median of the per-run ratios: {paired_ratio:.3f}")
     print(f"with a trained tokenizer's labelling added (iterations >= 2): {with_labels:.3f}")
 
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
@@ -110,6 +114,8 @@ def main() -> None:
                 "seconds": times,
                 "median_seconds": medians,
                 "ratio": ratio,
+                "ratio_of_fastest_runs": fastest_ratio,
+                "median_of_per_run_ratios": paired_ratio,
                 "ratio_with_trained_tokenizer_labels": with_labels,
                 "requirement": "ratio <= 0.5",
                 "torch": torch.__version__,

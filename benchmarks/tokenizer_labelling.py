@@ -10,7 +10,6 @@ inference mode, fp32; the acoustic tokenizer also under bfloat16 autocast. Timed
 import sys
 
 import torch
-
 from common import (
     base_parser,
     machine_description,
@@ -63,11 +62,12 @@ def main() -> int:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return acoustic(*acoustic_inputs).token_ids
 
-    runs = {"random_projection": random_projection, "acoustic_fp32": acoustic_fp32, "acoustic_autocast_bf16": acoustic_bf16}
+    runs = {"random_projection": random_projection, "acoustic_fp32": acoustic_fp32,
+            "acoustic_autocast_bf16": acoustic_bf16}
     clips = {"random_projection": args.projection_batch, "acoustic_fp32": args.batch,
              "acoustic_autocast_bf16": args.batch}
     agreement = (acoustic_bf16() == acoustic_fp32()).float().mean().item()
-    times = time_alternating(runs, repeats=args.repeats, warmup=args.warmup)
+    times, _ = time_alternating(runs, repeats=args.repeats, warmup=args.warmup)
     rows = []
     for name in runs:
         stats = summarize(times[name])

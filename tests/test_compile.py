@@ -8,6 +8,9 @@ import torch
 
 from beats_hf import BeatsConfig, BeatsModel
 
+# Inductor's own imports use deprecated torch.jit APIs.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 
 def tiny_model() -> BeatsModel:
     torch.manual_seed(0)
@@ -45,7 +48,6 @@ def test_compiled_model_has_no_graph_breaks():
     assert explanation.graph_count == 1
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_compiled_model_matches_eager():
     model, batch = tiny_model(), inputs()
     torch._dynamo.reset()

@@ -81,7 +81,9 @@ def _grid(feature_extractor, window_seconds: float, hop_seconds: float | None) -
     if not window_seconds > 0:
         raise ValueError(f"`window_seconds` must be positive, got {window_seconds!r}.")
     window_samples = round(window_seconds * sampling_rate)
-    window_rows = (1 + (window_samples - frame_length) // hop_length) // patch_size if window_samples >= row_span else 0
+    window_rows = 0
+    if window_samples >= row_span:
+        window_rows = (1 + (window_samples - frame_length) // hop_length) // patch_size
     if window_rows < 1:
         raise ValueError(
             f"`window_seconds` ({window_seconds}) is shorter than one row of patches ({row_span / sampling_rate} s)."
