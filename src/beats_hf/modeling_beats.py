@@ -450,7 +450,7 @@ class BeatsPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BeatsFeedForward) and getattr(config, "deep_norm", False):
             init.xavier_normal_(module.fc1.weight, gain=deep_norm_gain)
             init.xavier_normal_(module.fc2.weight, gain=deep_norm_gain)
-        elif isinstance(module, BeatsForAudioClassification) and module.layer_weights is not None:
+        elif isinstance(module, _BeatsHeadMixin) and module.layer_weights is not None:
             init.constant_(module.layer_weights, 1.0 / module.layer_weights.numel())
         elif isinstance(module, BeatsQuantizer):
             init.copy_(module.codebook, F.normalize(torch.randn_like(module.codebook), dim=-1))
@@ -553,7 +553,14 @@ def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torc
 
 
 class _BeatsHeadMixin:
-    """Shared by the classification heads: frozen parts and the optional weighted sum of layers."""
+    """Shared by the classification heads: the encoder and linear head, frozen parts, the weighted sum of layers."""
+
+    def _build_head(self, config: BeatsConfig) -> None:
+        self.beats = BeatsModel(config)
+        num_layers = config.num_hidden_layers + 1
+        self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers) if config.use_weighted_layer_sum else None
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def freeze_feature_encoder(self) -> None:
         """Freeze the patch embedding (convolution, LayerNorm, projection), as Wav2Vec2 heads freeze their CNN."""
@@ -584,11 +591,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
-        self.beats = BeatsModel(config)
-        num_layers = config.num_hidden_layers + 1
-        self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers) if config.use_weighted_layer_sum else None
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._build_head(config)
         self.post_init()
 
     @can_return_tuple
@@ -624,11 +627,7 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
-        self.beats = BeatsModel(config)
-        num_layers = config.num_hidden_layers + 1
-        self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers) if config.use_weighted_layer_sum else None
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._build_head(config)
         self.post_init()
 
     @can_return_tuple
