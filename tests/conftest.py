@@ -16,6 +16,18 @@ if str(REPO_ROOT) not in sys.path:
 torch.set_num_threads(2)
 
 
+def tiny_config(**overrides):
+    """The tiny BEATs architecture the model tests share (2 layers, width 32, 4 heads); overrides win."""
+    from beats_hf import BeatsConfig
+
+    kwargs = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, patch_embedding_dim=24,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=64,
+        layerdrop=0.0,
+    )
+    return BeatsConfig(**{**kwargs, **overrides})
+
+
 @pytest.fixture(scope="session")
 def reference_inputs() -> dict:
     return torch.load(OFFICIAL_TINY / "inputs.pt", weights_only=True)

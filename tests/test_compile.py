@@ -5,8 +5,9 @@ A tiny config and one input shape keep the compile short on a 2-core CPU (about 
 
 import pytest
 import torch
+from conftest import tiny_config
 
-from beats_hf import BeatsConfig, BeatsModel
+from beats_hf import BeatsModel
 
 # Inductor's own imports use deprecated torch.jit APIs.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -14,18 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def tiny_model() -> BeatsModel:
     torch.manual_seed(0)
-    config = BeatsConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        patch_embedding_dim=24,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        num_buckets=32,
-        max_bucket_distance=64,
-        layerdrop=0.0,
-    )
+    config = tiny_config()
     config._attn_implementation = "sdpa"
     return BeatsModel(config).eval()
 

@@ -2,30 +2,15 @@
 
 import pytest
 import torch
+from conftest import tiny_config
 
-from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsForAudioClassification, BeatsModel
+from beats_hf import BeatsFeatureExtractor, BeatsForAudioClassification, BeatsModel
 from beats_hf.long_audio import embed_long_audio, plan_windows
 
 SAMPLING_RATE = 16000
 ROW = 2560  # samples between 160 ms rows
 ROW_SPAN = 2800  # samples one row needs
 
-
-def tiny_config(**overrides) -> BeatsConfig:
-    kwargs = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        patch_embedding_dim=24,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-        num_buckets=32,
-        max_bucket_distance=64,
-        layerdrop=0.0,
-    )
-    kwargs.update(overrides)
-    return BeatsConfig(**kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
 
 from beats_hf import (
@@ -22,21 +23,7 @@ class BeatsModelTester:
     lengths = (80, 64, 37)  # 37 frames: 2 full rows of 16 (16 patches), 5 frames that fill no patch
 
     def get_config(self, **overrides) -> BeatsConfig:
-        kwargs = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            patch_embedding_dim=24,
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-            num_buckets=32,
-            max_bucket_distance=64,
-            layerdrop=0.0,
-            num_labels=5,
-        )
-        kwargs.update(overrides)
-        return BeatsConfig(**kwargs)
+        return tiny_config(**{"num_labels": 5, **overrides})
 
     def get_inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
