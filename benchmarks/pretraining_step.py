@@ -3,11 +3,12 @@
 
     .venv/bin/python benchmarks/pretraining_step.py [--threads 2] [--batch_size 2] [--seconds 10] [--runs 7]
 
-Both steps run in one process on the base model (`BeatsConfig()`, layerdrop off so that every run does the same
-work), in training mode, forward + backward, no optimizer:
+Both steps run in one process on the `base` pre-training preset (the released base encoder with a 3-layer,
+512-wide label predictor; layerdrop off so that every run does the same work), in training mode, forward + backward,
+no optimizer:
 
 - pre-training step: `BeatsForMaskedAudioModeling` with 75 % of the patches masked (the encoder sees only the
-  visible 25 %, the 3-layer label predictor sees the full sequence) and random labels;
+  visible 25 %, the label predictor sees the full sequence) and random labels;
 - full-sequence step (the baseline): the same `BeatsModel` encoder on all patches, loss = mean of its output.
 
 After one warm-up of each, the two steps alternate `--runs` times and the medians are compared (the ratio of the
@@ -29,9 +30,11 @@ import time
 import numpy as np
 import torch
 
-from beats_hf import BeatsConfig, BeatsForAudioTokenization, BeatsForMaskedAudioModeling, BeatsTokenizationConfig
+from beats_hf import BeatsForAudioTokenization, BeatsForMaskedAudioModeling, BeatsTokenizationConfig
 from beats_hf.pretraining.masking import compute_patch_mask
+from beats_hf.pretraining.pretrain import preset_config
 
+BASE = preset_config("base")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pretraining_step.json")
 
 
@@ -48,13 +51,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--mask_ratio", type=float, default=0.75)
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--predictor_num_layers", type=int, default=BeatsConfig().predictor_num_layers)
+    parser.add_argument("--predictor_num_layers", type=int, default=BASE.predictor_num_layers)
+    parser.add_argument("--predictor_hidden_size", type=int, default=BASE.predictor_hidden_size,
+                        help="Width of the label predictor (768 = as wide as the encoder).")
     parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = BeatsConfig(layerdrop=0.0, predictor_num_layers=args.predictor_num_layers)
+    predictor_width = args.predictor_hidden_size
+    config = preset_config(
+        "base",
+        layerdrop=0.0,
+        predictor_num_layers=args.predictor_num_layers,
+        predictor_hidden_size=predictor_width,
+        predictor_num_attention_heads=predictor_width // 64,
+        predictor_intermediate_size=4 * predictor_width,
+    )
     model = BeatsForMaskedAudioModeling(config).train()
     encoder = model.beats
 
@@ -79,7 +92,7 @@ def main() -> None:
     def labelling() -> None:
         tokenizer(features)
 
-    print(f"base model, {args.predictor_num_layers}-layer predictor, {args.batch_size} x {args.seconds:g} s "
+    print(f"base model, {args.predictor_num_layers}-layer predictor {predictor_width} wide, {args.batch_size} x {args.seconds:g} s "
           f"({num_patches} patches per clip, {int(bool_masked_pos[0].sum())} masked), {args.threads} threads, "
           f"{args.runs} runs")
     timed(pretraining_step), timed(full_sequence_step), timed(labelling)  # warm-up
@@ -110,7 +123,7 @@ def main() -> None:
     with open(args.output, "w") as handle:
         json.dump(
             {
-                "settings": {**vars(args), "num_patches": num_patches, "model": "BeatsConfig(layerdrop=0.0)"},
+                "settings": {**vars(args), "num_patches": num_patches, "model": "preset_config('base', layerdrop=0.0)"},
                 "seconds": times,
                 "median_seconds": medians,
                 "ratio": ratio,

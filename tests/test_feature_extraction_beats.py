@@ -183,6 +183,17 @@ def test_save_and_load_round_trip(tmp_path):
     )
 
 
+@pytest.mark.parametrize("num_clips", [3, 9])  # one block of 3 rows / three blocks of 4, 4 and 1 rows
+def test_blocked_cpu_fbank_equals_each_clip_alone(num_clips):
+    """On CPU, batches over _CPU_BLOCK_FRAMES frames are computed block by block: every row must still be exactly the
+    clip's own filter bank."""
+    waveforms = torch.from_numpy(np.stack(random_clips([160000] * num_clips, seed=num_clips)))  # 998 frames each
+    batched = kaldi_fbank(waveforms)
+    assert batched.shape == (num_clips, 998, 128)
+    for index in range(num_clips):
+        assert torch.equal(batched[index], kaldi_fbank(waveforms[index])[0])
+
+
 def test_fbank_constants_are_built_once():
     first = _fbank_constants(128, 16000, 400, torch.device("cpu"), torch.float32)
     assert _fbank_constants(128, 16000, 400, torch.device("cpu"), torch.float32) is first

@@ -26,6 +26,9 @@ from beats_hf.pretraining.masking import compute_patch_mask, num_masked_patches
 LENGTHS = (80, 64, 37)  # frames: 40, 32 and 16 valid patches (37 frames fill 2 rows of 16)
 NUM_FRAMES = 80
 NUM_PATCHES = NUM_FRAMES // 16 * 8
+# A label predictor narrower than the encoder (input projection, mask embedding in the predictor's space).
+NARROW_PREDICTOR = dict(predictor_hidden_size=16, predictor_num_attention_heads=2, predictor_intermediate_size=24)
+PREDICTOR_WIDTHS = {"encoder_width": {}, "narrow": NARROW_PREDICTOR}
 CONFIG_VARIANTS = {
     "release": {},
     "pre_ln_no_gate": dict(layer_norm_first=True, deep_norm=False, gated_relative_position_bias=False),
@@ -262,9 +265,10 @@ def test_label_smoothing_changes_the_loss():
     assert not torch.allclose(losses[0], losses[1])
 
 
-def test_every_parameter_gets_a_gradient():
+@pytest.mark.parametrize("predictor", PREDICTOR_WIDTHS)
+def test_every_parameter_gets_a_gradient(predictor):
     torch.manual_seed(0)
-    model = BeatsForMaskedAudioModeling(tiny_config()).train()
+    model = BeatsForMaskedAudioModeling(tiny_config(**PREDICTOR_WIDTHS[predictor])).train()
     features, mask = padded_batch()
     labels = torch.randint(0, 16, (len(LENGTHS), NUM_PATCHES))
     model(features, mask, bool_masked_pos=draw_mask(mask), labels=labels).loss.backward()
@@ -272,11 +276,12 @@ def test_every_parameter_gets_a_gradient():
     assert not missing
 
 
-def test_loss_falls_on_a_fixed_batch():
+@pytest.mark.parametrize("predictor", PREDICTOR_WIDTHS)
+def test_loss_falls_on_a_fixed_batch(predictor):
     """Each clip repeats one row of 16 frames, so a masked patch's code (from the random projection) can be read off
     the same band in a visible row: the model must learn to use the context."""
     torch.manual_seed(0)
-    model = BeatsForMaskedAudioModeling(tiny_config()).train()
+    model = BeatsForMaskedAudioModeling(tiny_config(**PREDICTOR_WIDTHS[predictor])).train()
     generator = torch.Generator().manual_seed(0)
     _, mask = padded_batch()
     rows = torch.randn(len(LENGTHS), 16, 128, generator=generator)
@@ -298,9 +303,13 @@ def test_loss_falls_on_a_fixed_batch():
     assert np.mean(losses[-3:]) < 0.75 * losses[0], losses
 
 
-def test_predictor_input_has_encoded_patches_in_place_and_the_mask_embedding_elsewhere():
+@pytest.mark.parametrize("predictor", PREDICTOR_WIDTHS)
+def test_predictor_input_has_encoded_patches_in_place_and_the_mask_embedding_elsewhere(predictor):
     torch.manual_seed(0)
-    model = BeatsForMaskedAudioModeling(tiny_config()).eval()
+    model = BeatsForMaskedAudioModeling(tiny_config(**PREDICTOR_WIDTHS[predictor])).eval()
+    width = PREDICTOR_WIDTHS[predictor].get("predictor_hidden_size", 32)
+    projection = model.label_predictor.input_projection
+    assert (projection is None) == (width == 32)
     features, mask = padded_batch()
     masked = draw_mask(mask)
     captured = {}
@@ -309,12 +318,28 @@ def test_predictor_input_has_encoded_patches_in_place_and_the_mask_embedding_els
         output = model(features, mask, bool_masked_pos=masked)
     hook.remove()
     full, valid = captured["full"], patch_valid_of(mask)
-    assert full.shape == (len(LENGTHS), NUM_PATCHES, 32)
+    assert full.shape == (len(LENGTHS), NUM_PATCHES, width)
+    encoded = output.last_hidden_state
+    with torch.no_grad():
+        encoded = encoded if projection is None else projection(encoded)
     for clip in range(len(LENGTHS)):
         count = int(output.patch_mask[clip].sum())
-        assert torch.equal(full[clip, output.position_ids[clip, :count]], output.last_hidden_state[clip, :count])
+        assert torch.equal(full[clip, output.position_ids[clip, :count]], encoded[clip, :count])
     assert torch.equal(full[masked & valid], model.mask_embedding.expand(int((masked & valid).sum()), -1))
     assert not full[~valid].any()
+
+
+def test_predictor_sizes_are_validated():
+    with pytest.raises(ValueError, match="label predictor's width \\(20\\) must be divisible by its number of heads"):
+        tiny_config(predictor_hidden_size=20, predictor_num_attention_heads=3)
+    with pytest.raises(ValueError, match="`predictor_hidden_size` must be a positive integer or None"):
+        tiny_config(predictor_hidden_size=0)
+    config = tiny_config(**NARROW_PREDICTOR)
+    predictor = config.label_predictor_config()
+    assert (predictor.hidden_size, predictor.num_attention_heads, predictor.intermediate_size) == (16, 2, 24)
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == (32, 4, 48)
+    same_width = tiny_config(predictor_hidden_size=32)
+    assert same_width.label_predictor_config() is same_width  # as wide as the encoder: no separate sizes
 
 
 def test_missing_or_misshapen_inputs_are_clear_errors():
@@ -342,9 +367,10 @@ def _load_log(load) -> tuple[object, str]:
     return model, stream.getvalue()
 
 
-def test_saved_pretraining_model_loads_as_encoder_and_classifier(tmp_path):
+@pytest.mark.parametrize("predictor", PREDICTOR_WIDTHS)
+def test_saved_pretraining_model_loads_as_encoder_and_classifier(tmp_path, predictor):
     torch.manual_seed(0)
-    model = BeatsForMaskedAudioModeling(tiny_config()).eval()
+    model = BeatsForMaskedAudioModeling(tiny_config(**PREDICTOR_WIDTHS[predictor])).eval()
     model.save_pretrained(tmp_path)
     reloaded = BeatsForMaskedAudioModeling.from_pretrained(tmp_path).eval()
     features, mask = padded_batch()

@@ -1,5 +1,7 @@
 """Configurations of BEATs models: the encoder family, the acoustic tokenizer and the random-projection tokenizer."""
 
+import copy
+
 from transformers import PretrainedConfig
 
 _ACTIVATIONS = ("gelu", "gelu_accurate", "relu", "tanh", "linear")
@@ -75,6 +77,14 @@ class BeatsConfig(PretrainedConfig):
             Size of the label vocabulary predicted in masked audio modeling (the tokenizer's codebook size).
         predictor_num_layers (`int`, *optional*, defaults to 3):
             Transformer layers of the masked-audio-modeling label predictor.
+        predictor_hidden_size (`int`, *optional*):
+            Width of the label predictor; the encoder outputs are projected to it (as MAE's decoder). Defaults to
+            `hidden_size` (no projection). A narrower predictor makes a pre-training step cheaper; the `base`
+            pre-training preset uses 512.
+        predictor_num_attention_heads (`int`, *optional*):
+            Attention heads of the label predictor. Defaults to `num_attention_heads`.
+        predictor_intermediate_size (`int`, *optional*):
+            Feed-forward width of the label predictor. Defaults to `intermediate_size`.
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the masked-audio-modeling cross-entropy.
     """
@@ -113,6 +123,9 @@ class BeatsConfig(PretrainedConfig):
         mask_ratio: float = 0.75,
         num_target_codes: int = 1024,
         predictor_num_layers: int = 3,
+        predictor_hidden_size: int | None = None,
+        predictor_num_attention_heads: int | None = None,
+        predictor_intermediate_size: int | None = None,
         label_smoothing: float = 0.0,
         **kwargs,
     ):
@@ -146,6 +159,9 @@ class BeatsConfig(PretrainedConfig):
         self.mask_ratio = mask_ratio
         self.num_target_codes = num_target_codes
         self.predictor_num_layers = predictor_num_layers
+        self.predictor_hidden_size = predictor_hidden_size
+        self.predictor_num_attention_heads = predictor_num_attention_heads
+        self.predictor_intermediate_size = predictor_intermediate_size
         self.label_smoothing = label_smoothing
         super().__init__(**kwargs)
         self._validate()
@@ -211,6 +227,31 @@ class BeatsConfig(PretrainedConfig):
             fail(f"`layer_wise_gradient_decay_ratio` must lie in (0, 1], got {self.layer_wise_gradient_decay_ratio!r}.")
         if self.predictor_num_layers < 0:
             fail(f"`predictor_num_layers` must be >= 0, got {self.predictor_num_layers!r}.")
+        for name in ("predictor_hidden_size", "predictor_num_attention_heads", "predictor_intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                fail(f"`{name}` must be a positive integer or None, got {value!r}.")
+        predictor = self.label_predictor_config()
+        if predictor.hidden_size % predictor.num_attention_heads:
+            fail(
+                f"the label predictor's width ({predictor.hidden_size}) must be divisible by its number of heads "
+                f"({predictor.num_attention_heads}): set `predictor_num_attention_heads`."
+            )
+
+    def label_predictor_config(self) -> "BeatsConfig":
+        """This config with the label predictor's width, heads and feed-forward size as the layer sizes (itself when
+        the predictor is as wide as the encoder)."""
+        sizes = {
+            "hidden_size": self.predictor_hidden_size,
+            "num_attention_heads": self.predictor_num_attention_heads,
+            "intermediate_size": self.predictor_intermediate_size,
+        }
+        changed = {name: value for name, value in sizes.items() if value is not None and value != getattr(self, name)}
+        if not changed:
+            return self
+        predictor = copy.copy(self)
+        predictor.__dict__.update(changed)
+        return predictor
 
 
 class BeatsTokenizationConfig(BeatsConfig):

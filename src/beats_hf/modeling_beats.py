@@ -73,7 +73,10 @@ class _GradMultiply(torch.autograd.Function):
 
 
 def _gelu_float32(x: torch.Tensor) -> torch.Tensor:
-    # The official FFN computes the exact GELU in float32 whatever the input dtype.
+    # The official FFN computes the exact GELU in float32 whatever the input dtype. PyTorch's bfloat16 GELU kernel
+    # already computes in float32 and rounds once (the same bits), without two full-size casts.
+    if x.dtype == torch.bfloat16:
+        return F.gelu(x)
     return F.gelu(x.float()).type_as(x)
 
 
@@ -211,7 +214,8 @@ class BeatsRelativePositionBias(nn.Module):
         """`position_ids` `(batch or 1, length)` -> bias `(batch or 1, heads, length, length)`."""
         relative_position = position_ids[:, None, :] - position_ids[:, :, None]  # key - query
         buckets = relative_position_buckets(relative_position, self.num_buckets, self.max_distance)
-        return self.rel_attn_embed(buckets).permute(0, 3, 1, 2)
+        # Contiguous once here, so that every layer's gate multiply reads it in order.
+        return self.rel_attn_embed(buckets).permute(0, 3, 1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -262,25 +266,43 @@ class BeatsAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_bias: torch.Tensor | None,
         key_padding_mask: torch.Tensor | None,
+        attention_workspace: dict | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
         hidden_shape = (batch_size, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        projected_query = self.q_proj(hidden_states).view(hidden_shape)
+        query = projected_query.transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        attention_mask = None
-        if position_bias is not None:
-            if self.config.gated_relative_position_bias:
-                gate_logits = self.gru_rel_pos_linear(query).view(batch_size, self.num_heads, length, 2, 4).sum(-1)
-                gate_a, gate_b = torch.sigmoid(gate_logits).chunk(2, dim=-1)
-                gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
-                position_bias = gate * position_bias
-            attention_mask = position_bias.to(query.dtype)
-        if key_padding_mask is not None:
-            key_bias = key_padding_mask.to(query.dtype)
-            attention_mask = key_bias if attention_mask is None else attention_mask + key_bias
+        if position_bias is not None and self.config.gated_relative_position_bias:
+            # The gate of each query, in the contiguous (batch, length, heads) layout of the projection (no copy).
+            gate_logits = self.gru_rel_pos_linear(projected_query)
+            gate_logits = gate_logits.view(batch_size, length, self.num_heads, 2, 4).sum(-1)
+            gate_a, gate_b = torch.sigmoid(gate_logits).unbind(-1)
+            gate = gate_a * (gate_b * self.gru_rel_pos_const.view(1, 1, -1) - 1.0) + 2.0
+            gate = gate.transpose(1, 2).unsqueeze(-1)  # (batch, heads, length, 1)
+            # In inference all layers write their (batch, heads, length, length) mask into one tensor: allocating a
+            # fresh one per layer costs more (page faults) than the multiply itself.
+            out = None
+            if attention_workspace is not None:
+                shape = (batch_size, self.num_heads, length, length)
+                out = attention_workspace.get("mask")
+                if out is None or out.shape != shape or out.dtype != query.dtype:
+                    out = attention_workspace["mask"] = query.new_empty(shape)
+            if key_padding_mask is None:
+                attention_mask = torch.mul(gate, position_bias, out=out)
+            else:  # one pass instead of a product and a sum
+                attention_mask = torch.addcmul(key_padding_mask, gate, position_bias, out=out)
+            attention_mask = attention_mask.to(query.dtype)
+        else:
+            attention_mask = None
+            if position_bias is not None:
+                attention_mask = position_bias.to(query.dtype)
+            if key_padding_mask is not None:
+                key_bias = key_padding_mask.to(query.dtype)
+                attention_mask = key_bias if attention_mask is None else attention_mask + key_bias
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -394,12 +416,16 @@ class BeatsEncoder(nn.Module):
             key_padding_mask = key_padding_mask[:, None, None, :]
 
         decay = self.config.layer_wise_gradient_decay_ratio
+        # Reused attention-mask storage of the layers; only in inference (autograd needs each layer's mask).
+        workspace = {} if not torch.is_grad_enabled() else None
         for layer in self.layers:
             if decay != 1.0 and torch.is_grad_enabled():
                 hidden_states = _GradMultiply.apply(hidden_states, decay)
             if self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop:
                 continue
-            hidden_states, _ = layer(hidden_states, position_bias, key_padding_mask, **kwargs)
+            hidden_states, _ = layer(
+                hidden_states, position_bias, key_padding_mask, attention_workspace=workspace, **kwargs
+            )
 
         if self.config.layer_norm_first:
             hidden_states = self.layer_norm(hidden_states)
@@ -712,22 +738,28 @@ class BeatsMaskedAudioModelingOutput(ModelOutput):
 class BeatsLabelPredictor(nn.Module):
     """`predictor_num_layers` encoder layers over the full patch sequence, then a linear layer to the code scores.
 
-    The predictor has its own relative position bias over the full-length positions: the mask embedding is the same
-    vector at every masked patch, so the bias is what tells the predictor where each masked patch lies. Its layers are
-    built like the encoder's (same width, DeepNorm scaling and initialisation) and never skipped (no layerdrop).
+    The encoded visible patches are projected to the predictor's width (`config.predictor_hidden_size`, as MAE's
+    decoder; no projection when it equals the encoder's), put back at their positions, and the masked positions get
+    the learned mask embedding. The predictor has its own relative position bias over the full-length positions: the
+    mask embedding is the same vector at every masked patch, so the bias is what tells the predictor where each masked
+    patch lies. Its layers are built like the encoder's (DeepNorm scaling and initialisation) and never skipped.
     """
 
     def __init__(self, config: BeatsConfig):
         super().__init__()
-        self.relative_position_bias = BeatsRelativePositionBias(config) if config.relative_position_bias else None
-        self.layers = nn.ModuleList([BeatsEncoderLayer(config) for _ in range(config.predictor_num_layers)])
-        # Post-LN layers end in a LayerNorm already; pre-LN layers need a final one.
-        self.layer_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.layer_norm_first else None
+        predictor_config = config.label_predictor_config()
+        width = predictor_config.hidden_size
+        self.input_projection = nn.Linear(config.hidden_size, width) if width != config.hidden_size else None
+        self.relative_position_bias = (
+            BeatsRelativePositionBias(predictor_config) if config.relative_position_bias else None
         )
-        self.classifier = nn.Linear(config.hidden_size, config.num_target_codes)
+        self.layers = nn.ModuleList([BeatsEncoderLayer(predictor_config) for _ in range(config.predictor_num_layers)])
+        # Post-LN layers end in a LayerNorm already; pre-LN layers need a final one.
+        self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if config.layer_norm_first else None
+        self.classifier = nn.Linear(width, config.num_target_codes)
 
     def forward(self, hidden_states: torch.Tensor, patch_valid: torch.Tensor) -> torch.Tensor:
+        """`hidden_states`: `(batch, patches, predictor width)`, encoded patches and mask embeddings in place."""
         num_patches = hidden_states.shape[1]
         position_bias = None
         if self.relative_position_bias is not None:
@@ -760,7 +792,8 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
         self.beats = BeatsModel(config)
-        self.mask_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        # The mask embedding lives in the predictor's space (after its input projection).
+        self.mask_embedding = nn.Parameter(torch.empty(config.label_predictor_config().hidden_size))
         self.label_predictor = BeatsLabelPredictor(config)
         self.post_init()
 
@@ -814,9 +847,12 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         masked = bool_masked_pos & patch_valid
 
         # Put the encoded patches back at their positions; unused slots of the visible sequence go to a spare column.
+        visible_states = encoded
+        if self.label_predictor.input_projection is not None:
+            visible_states = self.label_predictor.input_projection(encoded)
         slots = torch.where(outputs.patch_mask, outputs.position_ids, num_patches)
-        full = encoded.new_zeros(batch_size, num_patches + 1, encoded.shape[-1])
-        full = full.scatter(1, slots.unsqueeze(-1).expand_as(encoded), encoded)[:, :num_patches]
+        full = visible_states.new_zeros(batch_size, num_patches + 1, visible_states.shape[-1])
+        full = full.scatter(1, slots.unsqueeze(-1).expand_as(visible_states), visible_states)[:, :num_patches]
         full = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(full.dtype), full)
         logits = self.label_predictor(full, patch_valid)
 

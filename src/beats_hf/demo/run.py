@@ -136,13 +136,13 @@ def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[d
 
     from ..audio_data import decode_audio
 
-    classifier = pipeline("audio-classification", model=str(model_dir), top_k=3)
+    classifier = pipeline("audio-classification", model=str(model_dir))
     files = sorted((labelled / "test").rglob("*.wav"))
     chosen = [files[i] for i in np.linspace(0, len(files) - 1, count).astype(int)]
     # Decoded here (torchcodec) rather than by the pipeline, which would need the ffmpeg program.
     return [
         {"file": str(path.relative_to(labelled)), "true": path.parent.name,
-         "predictions": classifier({"raw": decode_audio(str(path)), "sampling_rate": 16000})}
+         "predictions": classifier({"raw": decode_audio(str(path)), "sampling_rate": 16000}, top_k=3)}
         for path in chosen
     ]
 
