@@ -334,6 +334,18 @@ def test_weighted_layer_sum_uses_all_layers():
     assert not torch.allclose(before, last_only, atol=1e-4)
 
 
+def test_layerdrop_keeps_one_hidden_state_per_layer():
+    """A dropped layer acts as the identity: the weighted layer sum still gets num_layers + 1 states in training."""
+    model = build(BeatsForAudioClassification, use_weighted_layer_sum=True, layerdrop=0.9).train()
+    inputs = TESTER.get_inputs()
+    torch.manual_seed(1)
+    outputs = model.beats(**inputs, output_hidden_states=True)
+    states = outputs.hidden_states
+    assert len(states) == model.config.num_hidden_layers + 1
+    assert any(torch.equal(states[i], states[i + 1]) for i in range(len(states) - 1))  # some layer was dropped
+    model(**inputs, labels=torch.zeros(inputs["input_features"].shape[0], dtype=torch.long)).loss.backward()
+
+
 def test_frame_classification_head():
     model = build(BeatsForAudioFrameClassification).train()
     inputs = TESTER.get_inputs()

@@ -349,8 +349,11 @@ class BeatsEncoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_bias: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        dropped: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if dropped:  # layerdrop
+            return hidden_states, None
         if self.layer_norm_first:
             attn_output, attn_weights = self.self_attn(
                 self.self_attn_layer_norm(hidden_states), position_bias, key_padding_mask, **kwargs
@@ -421,10 +424,10 @@ class BeatsEncoder(nn.Module):
         for layer in self.layers:
             if decay != 1.0 and torch.is_grad_enabled():
                 hidden_states = _GradMultiply.apply(hidden_states, decay)
-            if self.training and self.config.layerdrop > 0 and torch.rand([]) < self.config.layerdrop:
-                continue
+            # A dropped layer still "runs" (as the identity), so that recorded hidden states keep one entry per layer.
+            dropped = self.training and self.config.layerdrop > 0 and bool(torch.rand([]) < self.config.layerdrop)
             hidden_states, _ = layer(
-                hidden_states, position_bias, key_padding_mask, attention_workspace=workspace, **kwargs
+                hidden_states, position_bias, key_padding_mask, dropped=dropped, attention_workspace=workspace, **kwargs
             )
 
         if self.config.layer_norm_first:

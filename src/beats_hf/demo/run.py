@@ -42,8 +42,8 @@ class DemoSettings:
 
 FULL = DemoSettings(
     clips_per_train_program=10, clips_per_test_program=10, unlabelled_clips=1200, model_preset="small",
-    ssl_steps=500, tokenizer_steps=150, finetune_epochs=6, pretrain_batch_size=16, finetune_batch_size=16,
-    finetune_learning_rate=2e-4, pretrain_learning_rate=3e-4,
+    ssl_steps=800, tokenizer_steps=150, finetune_epochs=6, pretrain_batch_size=16, finetune_batch_size=16,
+    finetune_learning_rate=2e-4, pretrain_learning_rate=1e-3,
 )
 FAST = DemoSettings(
     clips_per_train_program=2, clips_per_test_program=2, unlabelled_clips=48, model_preset="tiny",
