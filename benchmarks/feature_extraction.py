@@ -2,9 +2,9 @@
 
 Two levels: the bare `kaldi_fbank` function on a `(32, 160000)` batch (on CPU it works through blocks of whole clips
 of at most 4,096 frames, sized for the caches) against 32 calls on `(1, 160000)`, against 8 calls on sub-batches of 4
-clips and against one unblocked pass over the whole batch (what it did before, for the record); and the full `BeatsFeatureExtractor.__call__` (validation, padding, normalisation,
-mask) on a list of 32 clips against 32 calls on one clip each. On a GPU (when `torch.cuda.is_available()`) the same
-runs with `device="cuda"`.
+clips and against one unblocked pass over the whole batch (what it did before, for the record); and the full
+`BeatsFeatureExtractor.__call__` (validation, padding, normalisation, mask) on a list of 32 clips against 32 calls on
+one clip each. On a GPU (when `torch.cuda.is_available()`) the same runs with `device="cuda"`.
 
     python benchmarks/feature_extraction.py [--threads 2] [--repeats 7] [--clips 32] [--seconds 10]
 """

@@ -22,12 +22,16 @@ def test_fast_demo_end_to_end(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = tmp_path / "report"
     results = json.loads((report / "results.json").read_text())
-    for key in ("pretrained_finetuned_accuracy", "random_init_finetuned_accuracy", "logmel_baseline_accuracy"):
+    for key in ("pretrained_finetuned_accuracy", "random_init_finetuned_accuracy", "pretrained_linear_probe_accuracy",
+                "random_init_linear_probe_accuracy", "logmel_baseline_accuracy"):
         assert 0.0 <= results[key] <= 1.0
     assert results["settings"]["fast"] is True
     for name in ("report.md", "accuracy.png", "confusion_matrix.png", "pretraining_loss.png"):
         assert (report / name).stat().st_size > 0, name
     assert "report.md" in completed.stdout
     assert len(results["pipeline_examples"]) == 5
+    for example in results["pipeline_examples"]:  # top 3 labels with scores, best first
+        scores = [prediction["score"] for prediction in example["predictions"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
     manifest = json.loads((tmp_path / "pretraining" / "iterations.json").read_text())
     assert manifest  # written by `beats-hf iterate`

@@ -65,11 +65,13 @@ def plot_confusion(path: Path, actual: list[int], predicted: list[int], names: l
 
 
 def plot_accuracies(path: Path, results: dict) -> None:
-    labels = ["BEATs pre-trained\n+ fine-tuned", "random init\n+ fine-tuned", "log-mel +\nlogistic regression"]
+    labels = ["pre-trained\nfine-tuned", "random init\nfine-tuned", "pre-trained\nlinear probe",
+              "random init\nlinear probe", "log-mel +\nlogistic reg."]
     values = [results["pretrained_finetuned_accuracy"], results["random_init_finetuned_accuracy"],
+              results["pretrained_linear_probe_accuracy"], results["random_init_linear_probe_accuracy"],
               results["logmel_baseline_accuracy"]]
-    figure, axis = plt.subplots(figsize=(6.4, 4))
-    bars = axis.bar(labels, values, color=["#2a6fb0", "#999999", "#c98b2f"])
+    figure, axis = plt.subplots(figsize=(7.6, 4))
+    bars = axis.bar(labels, values, color=["#2a6fb0", "#999999", "#6fa8dc", "#cccccc", "#c98b2f"])
     axis.axhline(results["chance_accuracy"], color="black", linestyle=":", label="chance")
     for bar, value in zip(bars, values):
         axis.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}", ha="center")
@@ -119,6 +121,9 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
         "|---|---|",
         f"| BEATs, 2 pre-training iterations + fine-tuning | {results['pretrained_finetuned_accuracy']:.3f} |",
         f"| same architecture, random init + same fine-tuning | {results['random_init_finetuned_accuracy']:.3f} |",
+        f"| BEATs, 2 pre-training iterations, frozen + linear head "
+        f"| {results['pretrained_linear_probe_accuracy']:.3f} |",
+        f"| random frozen encoder + linear head | {results['random_init_linear_probe_accuracy']:.3f} |",
         f"| log-mel + logistic regression | {results['logmel_baseline_accuracy']:.3f} |",
         f"| chance | {results['chance_accuracy']:.3f} |",
         "",

@@ -38,6 +38,7 @@ class DemoSettings:
     pretrain_learning_rate: float
     soundfont: str | None = None
     seed: int = 0
+    probe_learning_rate: float = 1e-3  # linear probes train the head only
 
 
 FULL = DemoSettings(
@@ -83,19 +84,29 @@ def run_iterate(settings: DemoSettings, unlabelled: Path, output: Path) -> None:
     subprocess.run(command, check=True)
 
 
-def fine_tune(settings: DemoSettings, model_dir: Path, labelled: Path, output: Path, from_scratch: bool) -> dict:
+def fine_tune(
+    settings: DemoSettings,
+    model_dir: Path,
+    labelled: Path,
+    output: Path,
+    from_scratch: bool,
+    linear_probe: bool = False,
+) -> dict:
+    """Fine-tune (with `linear_probe`: train only the head on the frozen encoder) and evaluate on the test split."""
     from transformers import TrainingArguments
 
     from ..finetuning import DataArguments, ModelArguments, run_finetuning
 
+    learning_rate = settings.probe_learning_rate if linear_probe else settings.finetune_learning_rate
     training_args = TrainingArguments(
         output_dir=str(output), use_cpu=True, do_train=True, do_eval=True, report_to="none",
-        num_train_epochs=settings.finetune_epochs, learning_rate=settings.finetune_learning_rate,
+        num_train_epochs=settings.finetune_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=settings.finetune_batch_size, per_device_eval_batch_size=32,
         warmup_steps=0.1, weight_decay=0.01, logging_steps=10, save_strategy="no", eval_strategy="no",
         seed=settings.seed, dataloader_num_workers=0, disable_tqdm=False,
     )
-    model_args = ModelArguments(model_name_or_path=str(model_dir), from_scratch=from_scratch, layer_decay=0.9)
+    model_args = ModelArguments(model_name_or_path=str(model_dir), from_scratch=from_scratch, layer_decay=0.9,
+                                freeze_base_model=linear_probe)
     data_args = DataArguments(dataset=str(labelled), max_length_seconds=2.0, mixup_alpha=0.0, time_mask_frames=20,
                               freq_mask_bins=16)
     return run_finetuning(model_args, data_args, training_args)
@@ -168,14 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     corpus_dir = output / "corpus"
-    corpus = stage("1/5 building the corpus", build_corpus, settings, corpus_dir)
+    corpus = stage("1/7 building the corpus", build_corpus, settings, corpus_dir)
     labelled, unlabelled = corpus_dir / "labelled", corpus_dir / "unlabelled"
-    stage("2/5 iterative pre-training (2 iterations)", run_iterate, settings, unlabelled, output / "pretraining")
+    stage("2/7 iterative pre-training (2 iterations)", run_iterate, settings, unlabelled, output / "pretraining")
     ssl_dir = output / "pretraining" / "iteration_2" / "ssl"
-    pretrained = stage("3/5 fine-tuning the pre-trained model", fine_tune, settings, ssl_dir, labelled,
+    pretrained = stage("3/7 fine-tuning the pre-trained model", fine_tune, settings, ssl_dir, labelled,
                        output / "finetuned_pretrained", False)
-    scratch = stage("4/5 fine-tuning from random initialisation", fine_tune, settings, ssl_dir, labelled,
+    scratch = stage("4/7 fine-tuning from random initialisation", fine_tune, settings, ssl_dir, labelled,
                     output / "finetuned_random_init", True)
+    # Linear probes (frozen encoder, head only) show what the pre-trained features hold before fine-tuning moves them.
+    probe = stage("5/7 linear probe of the pre-trained encoder", fine_tune, settings, ssl_dir, labelled,
+                  output / "probe_pretrained", False, True)
+    probe_scratch = stage("6/7 linear probe of a random encoder", fine_tune, settings, ssl_dir, labelled,
+                          output / "probe_random_init", True, True)
 
     def baseline():
         from .baseline import logmel_baseline
@@ -184,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         test_waves, test_labels = waveforms_and_labels(labelled, "test")
         return logmel_baseline(train_waves, train_labels, test_waves, test_labels, num_classes=max(train_labels) + 1)
 
-    logmel = stage("5/5 log-mel + logistic regression baseline", baseline)
+    logmel = stage("7/7 log-mel + logistic regression baseline", baseline)
 
     actual, predicted, names = predictions_of(output / "finetuned_pretrained", labelled)
     examples = pipeline_examples(output / "finetuned_pretrained", labelled)
     results = {
         "pretrained_finetuned_accuracy": pretrained["eval_accuracy"],
         "random_init_finetuned_accuracy": scratch["eval_accuracy"],
+        "pretrained_linear_probe_accuracy": probe["eval_accuracy"],
+        "random_init_linear_probe_accuracy": probe_scratch["eval_accuracy"],
         "logmel_baseline_accuracy": logmel["accuracy"],
         "chance_accuracy": 1.0 / len(names),
         "settings": {**asdict(settings), "fast": args.fast},
@@ -202,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     from .report import write_report
 
     write_report(report_dir, results, output / "pretraining", actual, predicted, names)
-    log(f"pre-trained + fine-tuned {results['pretrained_finetuned_accuracy']:.3f} | random init "
-        f"{results['random_init_finetuned_accuracy']:.3f} | log-mel baseline {results['logmel_baseline_accuracy']:.3f}")
+    log(f"fine-tuned: pre-trained {results['pretrained_finetuned_accuracy']:.3f} | random init "
+        f"{results['random_init_finetuned_accuracy']:.3f}; linear probe: pre-trained "
+        f"{results['pretrained_linear_probe_accuracy']:.3f} | random init "
+        f"{results['random_init_linear_probe_accuracy']:.3f}; log-mel baseline "
+        f"{results['logmel_baseline_accuracy']:.3f}")
     log(f"report: {report_dir / 'report.md'}")
     return 0
 
