@@ -5,11 +5,11 @@
 2. `beats-hf iterate` for 2 iterations on the unlabelled pool: random-projection tokenizer -> SSL model 1 ->
    distilled tokenizer -> SSL model 2.
 3. Fine-tune SSL model 2 on the labelled train split; fine-tune the same architecture from random initialisation
-   with the same budget; train a log-mel + logistic-regression baseline.
-4. Evaluate all three on the held-out programs, classify a few test clips with `pipeline("audio-classification")`,
+   with the same budget; train linear heads on both encoders frozen; train a log-mel + logistic-regression baseline.
+4. Evaluate all five on the held-out programs, classify a few test clips with `pipeline("audio-classification")`,
    and write a report folder (report.md, PNG plots, results.json).
 
-`DEMO_FAST=1` runs a reduced version (a few minutes) for CI.
+`DEMO_FAST=1` runs a reduced version (under a minute on an idle machine) for CI.
 """
 
 import argparse
