@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config as shared_tiny_config
 from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
 
@@ -36,12 +37,9 @@ CONFIG_VARIANTS = {
 
 
 def tiny_config(**overrides) -> BeatsConfig:
-    kwargs = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, patch_embedding_dim=24,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=64,
-        layerdrop=0.0, num_target_codes=16, predictor_num_layers=2,
-    )
-    return BeatsConfig(**{**kwargs, **overrides})
+    """The shared tiny architecture with 16 target codes and a 2-layer predictor."""
+    defaults = {"intermediate_size": 48, "num_target_codes": 16, "predictor_num_layers": 2}
+    return shared_tiny_config(**{**defaults, **overrides})
 
 
 def padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +67,9 @@ def patch_region(patch: int) -> tuple[slice, slice]:
     return slice(16 * row, 16 * row + 16), slice(16 * band, 16 * band + 16)
 
 
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Masking
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_mask_masks_the_ratio_of_valid_patches_only():
@@ -159,9 +157,9 @@ def test_collator_masks_differ_between_processes_and_workers(monkeypatch):
     assert not torch.equal(masks[(0, 0)], masks[(1, 0)]) and not torch.equal(masks[(0, 0)], masks[(0, 1)])
 
 
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Model
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("variant", sorted(CONFIG_VARIANTS))

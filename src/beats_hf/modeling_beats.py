@@ -72,6 +72,13 @@ class _GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def additive_key_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool `(batch, length)` (True = attend) -> additive `(batch, 1, 1, length)` mask: 0 or the dtype's minimum,
+    finite so that a row with no valid key gives no NaN."""
+    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, torch.finfo(dtype).min)
+    return mask[:, None, None, :]
+
+
 def _gelu_float32(x: torch.Tensor) -> torch.Tensor:
     # The official FFN computes the exact GELU in float32 whatever the input dtype. PyTorch's bfloat16 GELU kernel
     # already computes in float32 and rounds once (the same bits), without two full-size casts.
@@ -413,10 +420,7 @@ class BeatsEncoder(nn.Module):
         position_bias = self.relative_position_bias(position_ids) if self.relative_position_bias is not None else None
         key_padding_mask = None
         if visible is not None:
-            # Additive key mask, finite so that an all-padded row gives no NaN.
-            key_padding_mask = torch.zeros(visible.shape, dtype=hidden_states.dtype, device=visible.device)
-            key_padding_mask = key_padding_mask.masked_fill(~visible, torch.finfo(hidden_states.dtype).min)
-            key_padding_mask = key_padding_mask[:, None, None, :]
+            key_padding_mask = additive_key_mask(visible, hidden_states.dtype)
 
         decay = self.config.layer_wise_gradient_decay_ratio
         # Reused attention-mask storage of the layers; only in inference (autograd needs each layer's mask).
@@ -772,10 +776,7 @@ class BeatsLabelPredictor(nn.Module):
         position_bias = None
         if self.relative_position_bias is not None:
             position_bias = self.relative_position_bias(torch.arange(num_patches, device=hidden_states.device)[None])
-        # Finite additive key mask over the padded patches, as in the encoder.
-        key_padding_mask = torch.zeros(patch_valid.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-        key_padding_mask = key_padding_mask.masked_fill(~patch_valid, torch.finfo(hidden_states.dtype).min)
-        key_padding_mask = key_padding_mask[:, None, None, :]
+        key_padding_mask = additive_key_mask(patch_valid, hidden_states.dtype)
         for layer in self.layers:
             hidden_states, _ = layer(hidden_states, position_bias, key_padding_mask)
         if self.layer_norm is not None:
