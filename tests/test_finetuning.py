@@ -129,6 +129,38 @@ def test_linear_probing_changes_only_the_head(pretrained_dir, audiofolder, tmp_p
         torch.testing.assert_close(after[name], tensor, rtol=0, atol=0, msg=name)
 
 
+def test_linear_probe_head_is_fitted_before_fine_tuning(pretrained_dir, audiofolder, tmp_path):
+    """LP-FT: the head starts as a logistic regression on the frozen clip embeddings. With a learning rate of 0 the
+    saved model is exactly that probe, so it scores what the probe scored before training."""
+    output = tmp_path / "lp"
+    metrics = run_audio_classification.main(
+        common_args(pretrained_dir, audiofolder, output)
+        + ["--max_steps", "2", "--linear_probe_head", "--learning_rate", "0", "--warmup_steps", "0"]
+    )
+    assert metrics["linear_probe_accuracy"] >= 0.75, metrics  # tones vs noise are separable even by a random encoder
+    assert metrics["linear_probe_train_accuracy"] >= 0.9
+    assert metrics["eval_accuracy"] == metrics["linear_probe_accuracy"]
+    head = BeatsForAudioClassification.from_pretrained(output).classifier
+    random_head = BeatsForAudioClassification(BeatsConfig(**TINY, num_labels=3)).classifier
+    assert head.weight.abs().max() > 10 * random_head.weight.abs().max()  # fitted on standardised features
+
+
+def test_linear_probe_head_needs_single_label(pretrained_dir, tmp_path):
+    features = datasets.Features({"audio": datasets.Audio(), "labels": datasets.Sequence(datasets.ClassLabel(names=["a", "b"]))})
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(4):
+        paths.append(str(tmp_path / f"{index}.wav"))
+        write_wav(paths[-1], clip(index % 3, rng))
+    dataset = datasets.Dataset.from_dict({"audio": paths, "labels": [[0], [1], [0, 1], [0]]}, features=features)
+    datasets.DatasetDict({"train": dataset, "test": dataset}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(ValueError, match="single-label"):
+        run_audio_classification.main(
+            common_args(pretrained_dir, tmp_path / "saved", tmp_path / "out")
+            + ["--max_steps", "1", "--multi_label", "--label_column", "labels", "--linear_probe_head"]
+        )
+
+
 def test_layer_wise_learning_rates():
     model = BeatsForAudioClassification(BeatsConfig(**TINY, num_labels=3))
     groups = layer_wise_parameter_groups(model, learning_rate=1.0, weight_decay=0.1, decay=0.5)
@@ -152,3 +184,15 @@ def test_spec_augment_masks_inside_valid_frames_only():
     assert not zero_frames[1, 50:].any()
     zero_bins = (augmented == 0).all(1)
     assert zero_bins.any() and zero_bins.sum(-1).max() <= 32
+
+
+def test_probe_layers_scores_every_hidden_state(pretrained_dir, audiofolder):
+    import probe_layers
+
+    results = probe_layers.main(["--dataset", str(audiofolder), "--models", str(pretrained_dir),
+                                 f"random:{pretrained_dir}"])
+    for scores in results.values():
+        for pooling in ("mean", "std", "mean+std"):
+            assert len(scores[pooling]) == TINY["num_hidden_layers"] + 1
+            assert all(0.0 <= value <= 1.0 for value in scores[pooling])
+        assert max(scores["mean+std"]) >= 0.75  # tones vs noise: separable from any layer's statistics

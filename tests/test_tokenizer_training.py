@@ -139,6 +139,35 @@ def test_dead_codes_count_updates_without_use():
     assert ema.updates_since_used.tolist() == [1, 1, 0, 3]
 
 
+def test_dead_codes_are_restarted_onto_current_vectors():
+    """With restarts, a code unused for `dead_after_updates` updates moves next to one of the step's vectors (distinct
+    vectors for distinct codes); used codes follow the EMA rule as before; a resumed statistics object draws the same."""
+    codebook = torch.eye(4)
+    vectors = F.normalize(torch.tensor([[1.0, 0.1, 0.0, 0.0], [0.1, 1.0, 0.0, 0.0], [0.7, 0.7, 0.1, 0.0]]), dim=-1)
+    codes = torch.tensor([0, 1, 0])
+    ema = NormEmaCodebook(4, decay=0.9, dead_after_updates=2, restart_dead_codes=True, seed=3)
+    ema.update(codebook, vectors, codes)
+    assert codebook[2:].tolist() == torch.eye(4)[2:].tolist() and int(ema.restarted_codes) == 0  # not dead yet
+    state, before = {k: v.clone() for k, v in ema.state_dict().items()}, codebook.clone()
+    ema.update(codebook, vectors, codes)
+    assert int(ema.restarted_codes) == 2 and ema.num_dead_codes() == 0
+    assert ema.updates_since_used.tolist() == [0, 0, 0, 0]
+    nearest = (codebook[2:] @ vectors.t()).max(dim=1)
+    assert (nearest.values > 0.99).all() and nearest.indices[0] != nearest.indices[1], codebook
+    torch.testing.assert_close(codebook.norm(dim=-1), torch.ones(4))
+
+    resumed = NormEmaCodebook(4, decay=0.9, dead_after_updates=2, restart_dead_codes=True, seed=3)
+    resumed.load_state_dict(state)
+    resumed.update(before, vectors, codes)
+    assert torch.equal(before, codebook)
+
+    plain = NormEmaCodebook(4, decay=0.9, dead_after_updates=2)  # the official rule: dead codes stay where they are
+    codebook = torch.eye(4)
+    for _ in range(3):
+        plain.update(codebook, vectors, codes)
+    assert codebook[2:].tolist() == torch.eye(4)[2:].tolist() and plain.num_dead_codes() == 2
+
+
 def test_spherical_kmeans_finds_separated_clusters():
     generator = torch.Generator().manual_seed(0)
     centers = F.normalize(torch.randn(4, 8, generator=generator), dim=-1)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     feature_extractor = AutoFeatureExtractor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     config = encoder_of(model).config
     weights = layer_mixture(model, args.layer, config.num_hidden_layers + 1)
-    bands = config.num_mel_bins // config.patch_size
+    bands = config.num_frequency_patches
 
     dataset = load_audio_dataset(args.data, split=args.split, audio_column=args.audio_column)
     clips = AudioClips(dataset, crop_seconds=None, label_column=None, audio_column=args.audio_column,

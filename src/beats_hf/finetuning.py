@@ -2,8 +2,8 @@
 
 Used by `examples/run_audio_classification.py`, the demo and the iterative loop's iter3+ teacher. Options:
 mixup, SpecAugment-style time/frequency masking (both applied to the batch on the training device), layer-wise
-learning-rate decay, a frozen encoder for linear probing, a weighted sum of layers, and training from random
-initialisation (for baselines with the same budget).
+learning-rate decay, a frozen encoder for linear probing, a head initialised by a logistic-regression linear probe
+(LP-FT), a weighted sum of layers, and training from random initialisation (for baselines with the same budget).
 """
 
 import logging
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, Trainer, TrainingArguments
 
 from .audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, load_audio_dataset
+from .linear_probe import initialise_head_from_linear_probe
 from .metrics import load_metric
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ class ModelArguments:
     freeze_base_model: bool = field(default=False, metadata={"help": "Freeze the whole encoder (linear probing)."})
     use_weighted_layer_sum: bool = field(default=False, metadata={"help": "Classify from a learned mix of all layers."})
     layer_decay: float = field(default=1.0, metadata={"help": "Layer-wise learning-rate decay (1.0 = off; paper: 0.75-0.9)."})
+    linear_probe_head: bool = field(
+        default=False,
+        metadata={"help": "Start from a head fitted as a logistic regression on the frozen clip embeddings (LP-FT)."},
+    )
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before the head."})
 
 
@@ -259,6 +264,12 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         callbacks=[ClipEpochCallback(train_clips)],
     )
     metrics = {}
+    if model_args.linear_probe_head and not training_args.resume_from_checkpoint:  # a checkpoint has its own head
+        model.to(training_args.device)
+        probe = initialise_head_from_linear_probe(model, train_clips, trainer.data_collator)
+        metrics.update(linear_probe_weight_decay=probe.weight_decay, linear_probe_train_accuracy=probe.train_accuracy)
+        if eval_clips is not None:  # the probe alone, before any fine-tuning
+            metrics.update(trainer.evaluate(metric_key_prefix="linear_probe"))
     if training_args.do_train or not training_args.do_eval:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         metrics.update(result.metrics)

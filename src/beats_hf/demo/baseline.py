@@ -5,9 +5,8 @@ Features: the 128-bin Kaldi-style log-mel filter bank of BEATs (25 ms Povey wind
 each clip's frames to the per-bin mean and standard deviation (256 numbers), then standardised with statistics of the
 training set.
 
-Classifier: multinomial logistic regression fitted in torch (float64, full-batch L-BFGS, L2 penalty on the weights).
-The penalty is chosen on a stratified 20 % of the training clips (fit on the other 80 %), then the model is refitted
-on the whole training set with that penalty. Everything is deterministic.
+Classifier: `beats_hf.linear_probe.fit_logistic_regression`, the multinomial logistic regression (L2 penalty chosen on
+a stratified 20 % of the training clips) that also probes the BEATs encoders. Everything is deterministic.
 
 On the demo corpus (`beats_hf.demo.corpus` defaults, FluidR3 GM) this reaches ~0.31 test accuracy on the held-out
 programs (chance 0.10) while fitting the training programs almost perfectly: the features do not transfer.
@@ -19,9 +18,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from transformers.audio_utils import mel_filter_bank, window_function
+
+from ..linear_probe import fit_logistic_regression
 
 
 SAMPLING_RATE = 16000
@@ -31,8 +30,6 @@ FFT_LENGTH = 512
 NUM_MEL_BINS = 128
 PREEMPHASIS = 0.97
 MEL_FLOOR = 1.192092955078125e-07  # float32 epsilon, as in Kaldi
-WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-VALIDATION_FRACTION = 0.2
 
 __all__ = ["logmel_baseline", "logmel_features"]
 
@@ -72,47 +69,6 @@ def logmel_features(waveforms: Sequence[np.ndarray]) -> np.ndarray:
     return features
 
 
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std > 1e-8, std, 1.0)  # a constant feature stays 0 instead of dividing by 0
-    return [torch.from_numpy((x - mean) / std) for x in (train, *others)]
-
-
-def _fit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
-         max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = torch.zeros(features.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(features @ weight + bias, labels) + 0.5 * weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
-
-
-def _predict(model: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor) -> np.ndarray:
-    weight, bias = model
-    return (features @ weight + bias).argmax(dim=1).numpy()
-
-
-def _validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (fit, validation) indices; classes with a single clip stay entirely in the fit part."""
-    rng = np.random.default_rng(seed)
-    fit, validation = [], []
-    for label in np.unique(labels):
-        indices = rng.permutation(np.flatnonzero(labels == label))
-        count = int(round(fraction * len(indices))) if len(indices) > 1 else 0
-        count = min(max(count, 1 if len(indices) > 1 else 0), len(indices) - 1)
-        validation += indices[:count].tolist()
-        fit += indices[count:].tolist()
-    return np.sort(np.array(fit, dtype=int)), np.sort(np.array(validation, dtype=int))
-
-
 def logmel_baseline(
     train_waves: Sequence[np.ndarray],
     train_labels: Sequence[int],
@@ -133,25 +89,12 @@ def logmel_baseline(
     y_test = np.asarray(test_labels, dtype=np.int64)
     if y_train.min() < 0 or y_train.max() >= num_classes:
         raise ValueError(f"train labels must lie in [0, {num_classes})")
-    x_train, x_test = logmel_features(train_waves), logmel_features(test_waves)
-
-    fit, validation = _validation_split(y_train, VALIDATION_FRACTION)
-    scores = {}
-    if len(validation):
-        for weight_decay in WEIGHT_DECAYS:
-            x_fit, x_validation = _standardise(x_train[fit], x_train[validation])
-            model = _fit(x_fit, torch.from_numpy(y_train[fit]), num_classes, weight_decay)
-            scores[weight_decay] = float(np.mean(_predict(model, x_validation) == y_train[validation]))
-    # Best validation accuracy; on a tie the stronger penalty, which should transfer better to unseen sounds.
-    weight_decay = max(scores, key=lambda wd: (scores[wd], wd)) if scores else 1e-2
-
-    x_train_t, x_test_t = _standardise(x_train, x_test)
-    model = _fit(x_train_t, torch.from_numpy(y_train), num_classes, weight_decay)
-    predictions = _predict(model, x_test_t) if len(test_waves) else np.zeros(0, dtype=np.int64)
+    probe = fit_logistic_regression(logmel_features(train_waves), y_train, num_classes)
+    predictions = probe.predict(logmel_features(test_waves)) if len(test_waves) else np.zeros(0, dtype=np.int64)
     return {
         "accuracy": float(np.mean(predictions == y_test)) if len(y_test) else float("nan"),
         "predictions": [int(p) for p in predictions],
-        "weight_decay": weight_decay,
-        "validation_accuracy": scores.get(weight_decay),
-        "train_accuracy": float(np.mean(_predict(model, x_train_t) == y_train)),
+        "weight_decay": probe.weight_decay,
+        "validation_accuracy": probe.validation_accuracy,
+        "train_accuracy": probe.train_accuracy,
     }

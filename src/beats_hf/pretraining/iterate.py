@@ -63,6 +63,10 @@ class IterateArguments:
     tokenizer_max_steps: int | None = field(
         default=None, metadata={"help": "Optimizer steps of each tokenizer distillation (default: --max_steps)."}
     )
+    tokenizer_restart_dead_codes_after: int | None = field(
+        default=None,
+        metadata={"help": "Tokenizer training: move a code unused for this many updates onto a current patch vector."},
+    )
     teacher_finetuned_on: str | None = field(
         default=None,
         metadata={"help": "Labelled audio folder / dataset: fine-tune each teacher on it before distilling (iter3+)."},
@@ -215,6 +219,7 @@ class IterativePretraining:
             split=self.args.split,
             audio_column=self.args.audio_column,
             max_train_samples=self.args.max_train_samples,
+            restart_dead_codes_after=self.args.tokenizer_restart_dead_codes_after,
             callbacks=self._callbacks(stage),
         )
         self._copy_final_files(work_dir, final_dir)

@@ -130,7 +130,9 @@ class BeatsTokenizationDistillationModel(BeatsPreTrainedModel):
         teacher_hidden_size: width of the teacher's output (defaults to `config.hidden_size`).
         student: an existing student to train further (defaults to a new one).
         kmeans_iterations: spherical k-means iterations for the codebook initialisation.
-        seed: seed of the k-means initialisation.
+        seed: seed of the k-means initialisation (and of the restarted codes' draws).
+        restart_dead_codes_after: move a code that no patch chose for this many codebook updates onto a patch
+            vector of the current step (`None`: never, as the official quantizer).
     """
 
     config_class = BeatsTokenizationConfig
@@ -146,13 +148,19 @@ class BeatsTokenizationDistillationModel(BeatsPreTrainedModel):
         student: BeatsForAudioTokenization | None = None,
         kmeans_iterations: int = 10,
         seed: int = 0,
+        restart_dead_codes_after: int | None = None,
     ):
         super().__init__(config)
         self.teacher_hidden_size = teacher_hidden_size or config.hidden_size
         self.student = student if student is not None else BeatsForAudioTokenization(config)
         self.estimator = BeatsTokenizationEstimator.from_tokenization_config(config, self.teacher_hidden_size)
         self.codebook_ema = NormEmaCodebook(
-            config.codebook_size, config.codebook_decay, kmeans_iterations=kmeans_iterations, seed=seed
+            config.codebook_size,
+            config.codebook_decay,
+            kmeans_iterations=kmeans_iterations,
+            dead_after_updates=restart_dead_codes_after,
+            seed=seed,
+            restart_dead_codes=restart_dead_codes_after is not None,
         )
         self.post_init()
 
@@ -281,6 +289,8 @@ class TokenizationDistillationTrainer(Trainer):
                 logs["codebook_perplexity"] = round(codebook_perplexity(self._code_counts), 2)
                 ema = self.accelerator.unwrap_model(self.model).codebook_ema
                 logs["dead_codes"] = ema.num_dead_codes()
+                if ema.restart_dead_codes:
+                    logs["restarted_codes"] = int(ema.restarted_codes.item())
             self._loss_sums.zero_()
             self._code_counts.zero_()
         super().log(logs, start_time)

@@ -24,9 +24,11 @@ Python (what the iterative pre-training loop calls):
         crop_seconds=10.0,      # random crop of each clip, in seconds (None: whole clips)
         split="train", audio_column="audio", streaming=False, max_train_samples=None,
         kmeans_iterations=10,   # spherical k-means iterations of the codebook initialisation (first batch)
+        restart_dead_codes_after=None,  # int: move codes unused for this many updates onto current patch vectors
         callbacks=None,         # extra TrainerCallbacks
     ) -> dict                   # Trainer metrics + last_distillation_loss, last_commitment_loss, last_codebook_usage,
-                                #   last_codebook_perplexity, last_dead_codes, codebook_sha256, tokenizer_dir
+                                #   last_codebook_perplexity, last_dead_codes, (last_restarted_codes,) codebook_sha256,
+                                #   tokenizer_dir
 
 The finished `output_dir` holds the student only (`BeatsForAudioTokenization`, loadable with
 `AutoModel.from_pretrained(output_dir)`), the feature extractor and `trainer_state.json`. The estimator and the
@@ -64,7 +66,9 @@ from .tokenizer_training import (
 
 logger = logging.getLogger(__name__)
 
-_LOGGED_METRICS = ("distillation_loss", "commitment_loss", "codebook_usage", "codebook_perplexity", "dead_codes")
+_LOGGED_METRICS = (
+    "distillation_loss", "commitment_loss", "codebook_usage", "codebook_perplexity", "dead_codes", "restarted_codes"
+)
 
 
 @dataclass
@@ -79,6 +83,10 @@ class DistillationArguments:
     streaming: bool = field(default=False, metadata={"help": "Read the data lazily (needs --max_steps)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N clips."})
     kmeans_iterations: int = field(default=10, metadata={"help": "k-means iterations of the codebook initialisation."})
+    restart_dead_codes_after: int | None = field(
+        default=None,
+        metadata={"help": "Move a code unused for this many updates onto a current patch vector (default: never)."},
+    )
 
 
 @dataclass
@@ -195,6 +203,7 @@ def run_tokenizer_training(
     streaming: bool = False,
     max_train_samples: int | None = None,
     kmeans_iterations: int = 10,
+    restart_dead_codes_after: int | None = None,
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict:
     """Train an acoustic tokenizer by distillation from `teacher` and save it to `output_dir`; see the module
@@ -215,6 +224,7 @@ def run_tokenizer_training(
         teacher_hidden_size=teacher_model.config.hidden_size,
         kmeans_iterations=kmeans_iterations,
         seed=training_args.seed,
+        restart_dead_codes_after=restart_dead_codes_after,
     )
     clips = _clip_dataset(data, crop_seconds, split, audio_column, streaming, max_train_samples, training_args.seed)
     feature_extractor = BeatsFeatureExtractor()
@@ -287,6 +297,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         streaming=args.streaming,
         max_train_samples=args.max_train_samples,
         kmeans_iterations=args.kmeans_iterations,
+        restart_dead_codes_after=args.restart_dead_codes_after,
         callbacks=callbacks,
     )
     if training_args.process_index == 0:
