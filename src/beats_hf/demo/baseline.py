@@ -8,7 +8,7 @@ training set.
 Classifier: `beats_hf.linear_probe.fit_logistic_regression`, the multinomial logistic regression (L2 penalty chosen on
 a stratified 20 % of the training clips) that also probes the BEATs encoders. Everything is deterministic.
 
-On the demo corpus (`beats_hf.demo.corpus` defaults, FluidR3 GM) this reaches ~0.31 test accuracy on the held-out
+On the demo corpus (FluidR3 GM) this reaches 0.31-0.33 test accuracy on the held-out
 programs (chance 0.10) while fitting the training programs almost perfectly: the features do not transfer.
 """
 
