@@ -98,9 +98,8 @@ def fit_logistic_regression(features: np.ndarray, labels, num_classes: int) -> L
     # Best validation accuracy; on a tie the stronger penalty, which should transfer better to unseen sounds.
     weight_decay = max(scores, key=lambda wd: (scores[wd], wd)) if scores else 1e-2
     weight, bias = _fit_standardised(features, labels, num_classes, weight_decay)
-    probe = LinearProbe(weight, bias, weight_decay, scores.get(weight_decay), 0.0)
-    probe.train_accuracy = float(np.mean(probe.predict(features) == labels))
-    return probe
+    train_accuracy = float(np.mean((features @ weight + bias).argmax(1) == labels))
+    return LinearProbe(weight, bias, weight_decay, scores.get(weight_decay), train_accuracy)
 
 
 @torch.no_grad()

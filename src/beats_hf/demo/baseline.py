@@ -83,13 +83,9 @@ def logmel_baseline(
     """
     if len(train_waves) != len(train_labels) or len(test_waves) != len(test_labels):
         raise ValueError("every waveform needs exactly one label")
-    if not len(train_waves):
-        raise ValueError("the baseline needs at least one training clip")
-    y_train = np.asarray(train_labels, dtype=np.int64)
     y_test = np.asarray(test_labels, dtype=np.int64)
-    if y_train.min() < 0 or y_train.max() >= num_classes:
-        raise ValueError(f"train labels must lie in [0, {num_classes})")
-    probe = fit_logistic_regression(logmel_features(train_waves), y_train, num_classes)
+    # The probe checks the training labels (at least one clip, all in [0, num_classes)).
+    probe = fit_logistic_regression(logmel_features(train_waves), train_labels, num_classes)
     predictions = probe.predict(logmel_features(test_waves)) if len(test_waves) else np.zeros(0, dtype=np.int64)
     return {
         "accuracy": float(np.mean(predictions == y_test)) if len(y_test) else float("nan"),
