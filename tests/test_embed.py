@@ -84,3 +84,23 @@ def test_bad_layer_is_a_clear_error(setup, tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         cli(["embed", "--model", str(setup / "model"), "--data", str(setup / "audio"), "--output_dir",
              str(tmp_path), "--layer", "7"])
+
+
+def test_frequency_band_pooling(setup, tmp_path):
+    """`--pooling frequency_bands`: per band, mean and std over the time rows, as the classifier head of that name."""
+    assert cli(["embed", "--model", str(setup / "model"), "--data", str(setup / "audio"), "--output_dir",
+                str(tmp_path), "--format", "npy", "--pooling", "frequency_bands"]) == 0
+    clips = np.load(tmp_path / "clip_embeddings.npy")
+    assert clips.shape == (3, 2 * 8 * 32)
+    assert json.loads((tmp_path / "embeddings.json").read_text())["clip_embedding_size"] == 2 * 8 * 32
+    means = clips.reshape(3, 8, 2, 32)[:, :, 0]
+    plain = tmp_path / "plain"
+    cli(["embed", "--model", str(setup / "model"), "--data", str(setup / "audio"), "--output_dir", str(plain),
+         "--format", "npy"])
+    # The mean of the band means is the plain mean (every band has the same number of valid rows).
+    np.testing.assert_allclose(means.mean(1), np.load(plain / "clip_embeddings.npy"), atol=1e-5)
+    assert (clips.reshape(3, 8, 2, 32)[:, :, 1] > 0).all()
+    with pytest.raises(SystemExit):
+        cli(["embed", "--model", str(setup / "model"), "--data", str(setup / "audio"), "--output_dir",
+             str(tmp_path / "x"), "--pooling", "frequency_bands", "--chunk_seconds", "1.0"])
+

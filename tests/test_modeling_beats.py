@@ -109,6 +109,7 @@ def test_config_round_trip(tmp_path):
         (dict(mask_ratio=1.0), "`mask_ratio`"),
         (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer"),
         (dict(num_buckets=31), "`num_buckets` must be an even integer"),
+        (dict(classifier_pooling="max"), "`classifier_pooling` must be one of"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -306,6 +307,30 @@ def test_classification_pools_logits_over_valid_patches_only():
         valid = hidden.patch_mask[index]
         expected = model.classifier(hidden.last_hidden_state[index, valid]).mean(0)
         torch.testing.assert_close(logits[index], expected, rtol=0, atol=1e-6)
+
+
+def test_frequency_band_pooling_keeps_the_bands_apart():
+    """`classifier_pooling="frequency_bands"`: per band, the mean and std over the clip's valid time rows, computed
+    here clip by clip from the encoder's output; `clip_features` is what the head's linear layer sees."""
+    model = build(BeatsForAudioClassification, classifier_pooling="frequency_bands")
+    inputs = TESTER.get_inputs()
+    width = model.config.hidden_size
+    assert model.classifier.in_features == 2 * 8 * width
+    with torch.no_grad():
+        hidden = model.beats(**inputs)
+        logits = model(**inputs).logits
+        features = model.clip_features(**inputs)
+    for index in range(TESTER.batch_size):
+        rows = hidden.last_hidden_state[index, hidden.patch_mask[index]].view(-1, 8, width)  # (time rows, bands, C)
+        std = (rows.var(0, unbiased=False) + 1e-6).sqrt()
+        expected = torch.cat([rows.mean(0), std], dim=-1).flatten()
+        torch.testing.assert_close(features[index], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, model.classifier(features), rtol=0, atol=1e-5)
+    # A clip with a single valid row has zero spread: the gradient must stay finite.
+    single_row = {"input_features": inputs["input_features"][:, :16], "attention_mask": inputs["attention_mask"][:, :16]}
+    model.train()
+    model(**single_row, labels=torch.tensor([0, 1, 2])).loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_freeze_feature_encoder_and_base_model():

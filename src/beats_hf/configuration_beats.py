@@ -5,6 +5,7 @@ import copy
 from transformers import PretrainedConfig
 
 _ACTIVATIONS = ("gelu", "gelu_accurate", "relu", "tanh", "linear")
+CLASSIFIER_POOLINGS = ("mean", "frequency_bands")
 
 
 class BeatsConfig(PretrainedConfig):
@@ -71,6 +72,12 @@ class BeatsConfig(PretrainedConfig):
             Dropout before the classification head (official `predictor_dropout`).
         use_weighted_layer_sum (`bool`, *optional*, defaults to `False`):
             Classify from a learned softmax-weighted sum of all hidden states instead of the last one.
+        classifier_pooling (`str`, *optional*, defaults to `"mean"`):
+            What the classification head sees. `"mean"`: the mean over the valid patches (the official head).
+            `"frequency_bands"`: for each of the `num_frequency_patches` frequency bands, the mean and standard
+            deviation over the clip's valid time rows, concatenated (`2 * num_frequency_patches * hidden_size`
+            features). BEATs has no absolute position embedding, so the plain mean mixes all bands; keeping them apart
+            keeps the spectral envelope, which matters for timbre tasks such as instrument recognition.
         mask_ratio (`float`, *optional*, defaults to 0.75):
             Share of valid patches masked in masked audio modeling.
         num_target_codes (`int`, *optional*, defaults to 1024):
@@ -120,6 +127,7 @@ class BeatsConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         classifier_dropout: float = 0.0,
         use_weighted_layer_sum: bool = False,
+        classifier_pooling: str = "mean",
         mask_ratio: float = 0.75,
         num_target_codes: int = 1024,
         predictor_num_layers: int = 3,
@@ -156,6 +164,7 @@ class BeatsConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.classifier_dropout = classifier_dropout
         self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.classifier_pooling = classifier_pooling
         self.mask_ratio = mask_ratio
         self.num_target_codes = num_target_codes
         self.predictor_num_layers = predictor_num_layers
@@ -204,6 +213,8 @@ class BeatsConfig(PretrainedConfig):
             )
         if self.hidden_act not in _ACTIVATIONS:
             fail(f"`hidden_act` must be one of {_ACTIVATIONS}, got {self.hidden_act!r}.")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            fail(f"`classifier_pooling` must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}.")
         if self.deep_norm and self.layer_norm_first:
             fail("`deep_norm=True` needs post-LN layers: set `layer_norm_first=False` or `deep_norm=False`.")
         if self.relative_position_bias:

@@ -1,6 +1,8 @@
 """`beats-hf embed`: clip embeddings and frame-level features of a folder or dataset of audio.
 
-Clip embedding = mean over the clip's valid patches; frame features = one vector per 160 ms (a row of 16 fbank
+Clip embedding = mean over the clip's valid patches (`--pooling mean`), or per frequency band the mean and standard
+deviation over the valid time rows (`--pooling frequency_bands`, what a `classifier_pooling="frequency_bands"` head
+sees: 2 x 8 x hidden_size numbers); frame features = one vector per 160 ms (a row of 16 fbank
 frames), the mean of the row's frequency patches. Either from one layer (`--layer`, an index into the hidden states:
 0 = encoder input, -1 = last) or a weighted sum of all layers (`--layer weighted`: a fine-tuned model's learned
 `layer_weights` when it has them, else the plain mean). Recordings longer than `--chunk_seconds` go through the
@@ -20,6 +22,8 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoModel
 
 from .audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
+from .configuration_beats import CLASSIFIER_POOLINGS
+from .modeling_beats import pool_frequency_bands
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +48,9 @@ def encoder_of(model):
 
 
 @torch.inference_mode()
-def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(clip embeddings (B, C), per-clip frame features [(rows_i, C)]) for one feature batch."""
+def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int,
+                pooling: str = "mean") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(clip embeddings (B, C) or (B, 2 * bands * C), per-clip frame features [(rows_i, C)]) for one feature batch."""
     outputs = encoder_of(model)(batch["input_features"], attention_mask=batch.get("attention_mask"),
                                 output_hidden_states=True)
     stacked = torch.stack(outputs.hidden_states, 0).float()
@@ -55,7 +60,10 @@ def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int) -> tuple[
     if mask is None:
         mask = torch.ones(batch_size, num_patches, dtype=torch.bool, device=hidden.device)
     weight = mask.unsqueeze(-1).float()
-    clips = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
+    if pooling == "frequency_bands":
+        clips = pool_frequency_bands(hidden, mask, bands)
+    else:
+        clips = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
     rows = hidden.view(batch_size, num_patches // bands, bands, width).mean(2)
     valid_rows = mask.view(batch_size, -1, bands)[..., 0].sum(-1)
     return clips.cpu(), [rows[i, : int(valid_rows[i])].cpu() for i in range(batch_size)]
@@ -69,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="dataset split (default: the only one)")
     parser.add_argument("--audio_column", default="audio")
     parser.add_argument("--layer", default="-1", help="hidden-state index (0 = encoder input, -1 = last) or 'weighted'")
+    parser.add_argument("--pooling", choices=CLASSIFIER_POOLINGS, default="mean",
+                        help="clip embedding: mean over patches, or per-frequency-band mean and std")
     parser.add_argument("--frames", action="store_true", help="also write frame-level features (one per 160 ms)")
     parser.add_argument("--format", choices=("datasets", "npy"), default="datasets")
     parser.add_argument("--batch_size", type=int, default=8)
@@ -78,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
+    if args.pooling == "frequency_bands" and args.chunk_seconds:
+        parser.error("--pooling frequency_bands needs whole clips: it cannot be combined with --chunk_seconds")
 
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device).eval()
     feature_extractor = AutoFeatureExtractor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pending:
             return
         batch = collator(pending)
-        clip_batch, frame_batch = embed_batch(model, batch, weights, bands)
+        clip_batch, frame_batch = embed_batch(model, batch, weights, bands, args.pooling)
         indices.extend(batch["index"].tolist())
         clip_embeddings.extend(clip_batch)
         frame_features.extend(frame_batch)
@@ -126,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    clip_array = torch.stack(clip_embeddings).numpy() if clip_embeddings else np.zeros((0, config.hidden_size))
-    summary = {"model": args.model, "data": args.data, "layer": args.layer, "clips": len(indices),
-               "skipped": clips.skipped, "hidden_size": config.hidden_size, "frame_seconds": 0.16}
+    clip_width = config.hidden_size * (2 * bands if args.pooling == "frequency_bands" else 1)
+    clip_array = torch.stack(clip_embeddings).numpy() if clip_embeddings else np.zeros((0, clip_width))
+    summary = {"model": args.model, "data": args.data, "layer": args.layer, "pooling": args.pooling,
+               "clips": len(indices), "skipped": clips.skipped, "hidden_size": config.hidden_size,
+               "clip_embedding_size": clip_width, "frame_seconds": 0.16}
     if args.format == "npy":
         np.save(output / "clip_embeddings.npy", clip_array)
         np.save(output / "indices.npy", np.asarray(indices, dtype=np.int64))

@@ -31,6 +31,10 @@ class ModelArguments:
     freeze_feature_encoder: bool = field(default=False, metadata={"help": "Freeze the patch embedding."})
     freeze_base_model: bool = field(default=False, metadata={"help": "Freeze the whole encoder (linear probing)."})
     use_weighted_layer_sum: bool = field(default=False, metadata={"help": "Classify from a learned mix of all layers."})
+    classifier_pooling: str = field(
+        default="mean",
+        metadata={"help": "Head input: 'mean' over patches (official) or 'frequency_bands' (per-band mean and std)."},
+    )
     layer_decay: float = field(default=1.0, metadata={"help": "Layer-wise learning-rate decay (1.0 = off; paper: 0.75-0.9)."})
     linear_probe_head: bool = field(
         default=False,
@@ -205,6 +209,7 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         label2id={name: index for index, name in id2label.items()},
         problem_type="multi_label_classification" if data_args.multi_label else "single_label_classification",
         use_weighted_layer_sum=model_args.use_weighted_layer_sum,
+        classifier_pooling=model_args.classifier_pooling,
     )
     if model_args.classifier_dropout is not None:
         overrides["classifier_dropout"] = model_args.classifier_dropout

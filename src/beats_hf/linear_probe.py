@@ -5,8 +5,9 @@
 clips (fit on the other 80 %) and refits on all of them. The standardisation is folded into the returned weights, so
 the probe is a plain `features @ weight + bias`. Deterministic.
 
-`initialise_head_from_linear_probe` fits such a probe on a classifier's own frozen clip embeddings (what its head sees:
-the mean over valid patches of the last layer, or of the weighted layer sum) and writes it into the head. Fine-tuning
+`initialise_head_from_linear_probe` fits such a probe on a classifier's own frozen clip embeddings (what its head sees,
+`BeatsForAudioClassification.clip_features`: pooled from the last layer or the weighted layer sum) and writes it into
+the head. Fine-tuning
 from there is LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
 Out-of-Distribution"): the encoder starts its updates under a head that already fits, instead of under a random one
 whose large early gradients overwrite the pre-trained features.
@@ -106,14 +107,10 @@ def fit_logistic_regression(features: np.ndarray, labels, num_classes: int) -> L
 def initialise_head_from_linear_probe(model, clips, collator, batch_size: int = 32) -> LinearProbe:
     """Fit a probe on the frozen clip embeddings of `model` (a `BeatsForAudioClassification`, single-label) over
     `clips` (items with "waveform" and an int "labels") and copy it into `model.classifier`. Returns the probe."""
-    from .embed import embed_batch, layer_mixture
-
     if model.config.problem_type == "multi_label_classification":
         raise ValueError("A linear-probe head initialisation needs single-label classes (multi-label is not supported).")
     was_training = model.training
     model.eval()
-    weights = layer_mixture(model, "weighted" if model.config.use_weighted_layer_sum else "-1",
-                            model.config.num_hidden_layers + 1)
     device = next(model.parameters()).device
     embeddings, labels = [], []
     for start in tqdm(range(0, len(clips), batch_size), desc="linear probe: embedding the training clips"):
@@ -124,7 +121,7 @@ def initialise_head_from_linear_probe(model, clips, collator, batch_size: int = 
         batch = collator(items)
         labels += batch.pop("labels").tolist()
         batch = {key: value.to(device) for key, value in batch.items()}
-        embeddings.append(embed_batch(model, batch, weights, model.config.num_frequency_patches)[0])
+        embeddings.append(model.clip_features(**batch).float().cpu())
     model.train(was_training)
     probe = fit_logistic_regression(torch.cat(embeddings).double().numpy(), labels, model.config.num_labels)
     head = model.classifier

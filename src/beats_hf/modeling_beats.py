@@ -571,6 +571,19 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim: int) -> t
     return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
+def pool_frequency_bands(hidden_states: torch.Tensor, patch_mask: torch.Tensor | None, bands: int) -> torch.Tensor:
+    """`classifier_pooling="frequency_bands"`: `(batch, patches, C)` patch states (time-major) -> `(batch, bands * 2C)`,
+    for each frequency band its mean then its standard deviation over the valid time rows (in float32)."""
+    batch_size, num_patches, width = hidden_states.shape
+    rows = hidden_states.float().view(batch_size, num_patches // bands, bands, width)
+    row_mask = None if patch_mask is None else patch_mask.view(batch_size, -1, bands, 1)
+    mean = _masked_mean(rows, row_mask, dim=1)
+    variance = _masked_mean((rows - mean.unsqueeze(1)).square(), row_mask, dim=1)
+    # The epsilon keeps the gradient of the square root finite for a clip with a single valid row.
+    statistics = torch.cat([mean, (variance + 1e-6).sqrt()], dim=-1)
+    return statistics.flatten(1).to(hidden_states.dtype)
+
+
 def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Loss chosen by `config.problem_type` (inferred from the labels when unset, as transformers does)."""
     num_labels = logits.shape[-1]
@@ -593,12 +606,12 @@ def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torc
 class _BeatsHeadMixin:
     """Shared by the classification heads: the encoder and linear head, frozen parts, the weighted sum of layers."""
 
-    def _build_head(self, config: BeatsConfig) -> None:
+    def _build_head(self, config: BeatsConfig, input_size: int) -> None:
         self.beats = BeatsModel(config)
         num_layers = config.num_hidden_layers + 1
         self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers) if config.use_weighted_layer_sum else None
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(input_size, config.num_labels)
 
     def freeze_feature_encoder(self) -> None:
         """Freeze the patch embedding (convolution, LayerNorm, projection), as Wav2Vec2 heads freeze their CNN."""
@@ -624,13 +637,26 @@ class _BeatsHeadMixin:
 
 
 class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
-    """BEATs with the official fine-tuning head: a linear layer per patch, averaged over the valid patches. Returns
-    logits (apply a sigmoid for AudioSet probabilities, a softmax for single-label tasks)."""
+    """BEATs with the official fine-tuning head: a linear layer per patch, averaged over the valid patches; or, with
+    `config.classifier_pooling="frequency_bands"`, a linear layer over per-band statistics (see `BeatsConfig`).
+    Returns logits (apply a sigmoid for AudioSet probabilities, a softmax for single-label tasks)."""
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
-        self._build_head(config)
+        pooled_size = config.hidden_size
+        if config.classifier_pooling == "frequency_bands":
+            pooled_size *= 2 * config.num_frequency_patches
+        self._build_head(config, pooled_size)
         self.post_init()
+
+    @torch.no_grad()
+    def clip_features(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head's linear layer sees, `(batch, classifier.in_features)`: without dropout, the logits are
+        `classifier(clip_features)`. For fitting the head as a linear probe."""
+        hidden_states, patch_mask, _ = self._encode(input_features, attention_mask, {})
+        if self.config.classifier_pooling == "frequency_bands":
+            return pool_frequency_bands(hidden_states, patch_mask, self.config.num_frequency_patches)
+        return _masked_mean(hidden_states, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
 
     @can_return_tuple
     def forward(
@@ -650,9 +676,12 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
             follows `config.problem_type`.
         """
         hidden_states, patch_mask, outputs = self._encode(input_features, attention_mask, kwargs)
-        # As the official head: logits per patch, then the mean over valid patches.
-        patch_logits = self.classifier(self.dropout(hidden_states))
-        logits = _masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
+        if self.config.classifier_pooling == "frequency_bands":
+            pooled = pool_frequency_bands(hidden_states, patch_mask, self.config.num_frequency_patches)
+            logits = self.classifier(self.dropout(pooled))
+        else:  # as the official head: logits per patch (dropout per patch), then the mean over valid patches
+            patch_logits = self.classifier(self.dropout(hidden_states))
+            logits = _masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -665,7 +694,7 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
-        self._build_head(config)
+        self._build_head(config, config.hidden_size)  # one row = the mean of its frequency patches
         self.post_init()
 
     @can_return_tuple
