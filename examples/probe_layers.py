@@ -2,8 +2,10 @@
 encoder compares with a random one of the same architecture.
 
 For each model and each hidden state (0 = encoder input, then one per layer), the clip embedding is pooled over the
-valid patches as the mean, the standard deviation, or both concatenated, and `beats_hf.linear_probe` fits a logistic
-regression on the train split and scores it on the test split of a labelled audio folder / saved dataset.
+valid patches as the mean, the standard deviation, or both concatenated, or per frequency band as the mean and standard
+deviation over time ("frequency_bands", what a `classifier_pooling="frequency_bands"` head sees), and
+`beats_hf.linear_probe` fits a logistic regression on the train split and scores it on the test split of a labelled
+audio folder / saved dataset.
 
     python examples/probe_layers.py --dataset demo_output/corpus/labelled \
         --models demo_output/pretraining/iteration_1/ssl random:demo_output/pretraining/iteration_1/ssl
@@ -22,12 +24,14 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from beats_hf.audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
 from beats_hf.embed import encoder_of
 from beats_hf.linear_probe import fit_logistic_regression
+from beats_hf.modeling_beats import pool_frequency_bands
 
 
 @torch.inference_mode()
-def pooled_states(encoder, clips: AudioClips, collator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, std, labels): mean and std over valid patches, `(clips, hidden states, width)` each."""
-    means, stds, labels = [], [], []
+def pooled_states(encoder, clips: AudioClips, collator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, bands, labels): mean and std over valid patches, `(clips, hidden states, width)` each, and the
+    frequency-band statistics, `(clips, hidden states, 2 * bands * width)`."""
+    means, stds, bands, labels = [], [], [], []
     for start in tqdm(range(0, len(clips), 32), desc="embedding", leave=False):
         items = [item for item in (clips[i] for i in range(start, min(start + 32, len(clips)))) if item is not None]
         batch = collator(items)
@@ -40,7 +44,9 @@ def pooled_states(encoder, clips: AudioClips, collator) -> tuple[np.ndarray, np.
         mean = (states * weight).sum(2) / count
         means.append(mean)
         stds.append((((states - mean.unsqueeze(2)) ** 2 * weight).sum(2) / count).sqrt())
-    return torch.cat(means).numpy(), torch.cat(stds).numpy(), np.array(labels)
+        bands.append(torch.stack([pool_frequency_bands(hidden, outputs.patch_mask, encoder.config.num_frequency_patches)
+                                  for hidden in outputs.hidden_states], 1).double())
+    return torch.cat(means).numpy(), torch.cat(stds).numpy(), torch.cat(bands).numpy(), np.array(labels)
 
 
 def main(argv=None) -> dict:
@@ -61,15 +67,17 @@ def main(argv=None) -> dict:
         collator = AudioFeatureCollator(AutoFeatureExtractor.from_pretrained(path))
         pooled = {split: pooled_states(encoder, AudioClips(data, crop_seconds=None, replace_bad=False), collator)
                   for split, data in splits.items()}
-        (train_mean, train_std, train_labels), (test_mean, test_std, test_labels) = pooled["train"], pooled["test"]
+        (train_mean, train_std, train_bands, train_labels) = pooled["train"]
+        (test_mean, test_std, test_bands, test_labels) = pooled["test"]
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-        scores = {"mean": [], "std": [], "mean+std": []}
+        scores = {"mean": [], "std": [], "mean+std": [], "frequency_bands": []}
         for layer in range(train_mean.shape[1]):
             for name, train, test in (
                 ("mean", train_mean[:, layer], test_mean[:, layer]),
                 ("std", train_std[:, layer], test_std[:, layer]),
                 ("mean+std", np.concatenate([train_mean[:, layer], train_std[:, layer]], 1),
                  np.concatenate([test_mean[:, layer], test_std[:, layer]], 1)),
+                ("frequency_bands", train_bands[:, layer], test_bands[:, layer]),
             ):
                 probe = fit_logistic_regression(train, train_labels, num_classes)
                 scores[name].append(round(float(np.mean(probe.predict(test) == test_labels)), 4))

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from beats_hf.demo import corpus  # noqa: F401  (fails early if the corpus builder is missing)
+from beats_hf.demo.run import program_bootstrap
 
 SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 
@@ -26,7 +27,14 @@ def test_fast_demo_end_to_end(tmp_path):
                 "random_init_linear_probe_accuracy", "logmel_baseline_accuracy"):
         assert 0.0 <= results[key] <= 1.0
     assert results["settings"]["fast"] is True
-    for name in ("report.md", "accuracy.png", "confusion_matrix.png", "pretraining_loss.png"):
+    # The comparisons with their program-level intervals (20 held-out programs, 2 clips each in the fast run).
+    for comparison in results["program_bootstrap"].values():
+        low, high = comparison["interval_95"]
+        assert low <= comparison["difference"] <= high and comparison["programs"] == 20
+    per_program = results["per_program_accuracy"]["pretrained_finetuned"]
+    assert len(per_program) == 20
+    assert abs(sum(per_program.values()) / 20 - results["pretrained_finetuned_accuracy"]) < 1e-9  # equal clip counts
+    for name in ("report.md", "accuracy.png", "confusion_matrix.png", "pretraining_loss.png", "per_program_accuracy.png"):
         assert (report / name).stat().st_size > 0, name
     assert "report.md" in completed.stdout
     assert len(results["pipeline_examples"]) == 5
@@ -36,3 +44,16 @@ def test_fast_demo_end_to_end(tmp_path):
     manifest = json.loads((tmp_path / "pretraining" / "iterations.json").read_text())
     # Written by `beats-hf iterate`; the demo's tokenizer training restarts dead codes (and counts them).
     assert "last_restarted_codes" in manifest["stages"]["iteration_2/tokenizer"]["metrics"]
+
+
+def test_program_bootstrap_resamples_programs_not_clips():
+    """A model right on every clip of one program and wrong on every clip of the other is +0.5 over a model that is
+    always wrong; resampling the 2 programs gives 0, 0.5 or 1 (a quarter of the time each extreme), so the interval is
+    [0, 1]. Resampling the 20 clips as if independent would give a narrow interval around 0.5."""
+    programs = [1] * 10 + [2] * 10
+    comparison = program_bootstrap([1] * 10 + [0] * 10, [0] * 20, programs)
+    assert comparison["difference"] == 0.5 and comparison["interval_95"] == [0.0, 1.0]
+    assert 0.2 < comparison["share_of_resamples_not_above_0"] < 0.3
+    same = program_bootstrap([1, 0, 1, 0], [1, 0, 1, 0], [5, 5, 6, 6])
+    assert same["difference"] == 0.0 and same["interval_95"] == [0.0, 0.0]
+

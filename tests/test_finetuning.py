@@ -198,7 +198,7 @@ def test_probe_layers_scores_every_hidden_state(pretrained_dir, audiofolder):
     results = probe_layers.main(["--dataset", str(audiofolder), "--models", str(pretrained_dir),
                                  f"random:{pretrained_dir}"])
     for scores in results.values():
-        for pooling in ("mean", "std", "mean+std"):
+        for pooling in ("mean", "std", "mean+std", "frequency_bands"):
             assert len(scores[pooling]) == TINY["num_hidden_layers"] + 1
             assert all(0.0 <= value <= 1.0 for value in scores[pooling])
         assert max(scores["mean+std"]) >= 0.75  # tones vs noise: separable from any layer's statistics

@@ -82,6 +82,28 @@ def plot_accuracies(path: Path, results: dict) -> None:
     plt.close(figure)
 
 
+def plot_per_program(path: Path, results: dict) -> None:
+    """Test accuracy of each held-out program (20 clips each) for the fine-tuned models and the log-mel baseline."""
+    per_program = results["per_program_accuracy"]
+    programs = list(next(iter(per_program.values())))
+    figure, axis = plt.subplots(figsize=(11, 4))
+    width = 0.27
+    colours = {"pretrained_finetuned": "#2a6fb0", "random_init_finetuned": "#999999", "logmel_baseline": "#c98b2f"}
+    for offset, (name, colour) in enumerate(colours.items()):
+        positions = np.arange(len(programs)) + (offset - 1) * width
+        axis.bar(positions, [per_program[name][program] for program in programs], width, color=colour,
+                 label=name.replace("_", " "))
+    family_of = results["test_program_families"]
+    axis.set_xticks(range(len(programs)))
+    axis.set_xticklabels([f"{program}\n{family_of[program][:7]}" for program in programs], fontsize=7)
+    axis.set(ylim=(0, 1.05), ylabel="test accuracy", xlabel="held-out General MIDI program",
+             title="Accuracy per held-out instrument")
+    axis.legend(fontsize=8, ncol=3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual, predicted, names) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     found = stages(pretraining_dir)
@@ -109,6 +131,9 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
     plot_confusion(report_dir / "confusion_matrix.png", actual, predicted, names)
     plot_accuracies(report_dir / "accuracy.png", results)
     plots += [("Confusion matrix", "confusion_matrix.png"), ("Accuracy comparison", "accuracy.png")]
+    if "per_program_accuracy" in results:
+        plot_per_program(report_dir / "per_program_accuracy.png", results)
+        plots.append(("Accuracy per held-out program", "per_program_accuracy.png"))
 
     (report_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     lines = [
@@ -129,6 +154,13 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
         f"| random frozen encoder + logistic regression | {results['random_init_linear_probe_accuracy']:.3f} |",
         f"| log-mel mean/std + logistic regression | {results['logmel_baseline_accuracy']:.3f} |",
         f"| chance | {results['chance_accuracy']:.3f} |",
+        "",
+    ]
+    for key, comparison in results.get("program_bootstrap", {}).items():
+        low, high = comparison["interval_95"]
+        lines.append(f"- {key.replace('_', ' ')}: {comparison['difference']:+.3f} (95 % interval over resampled "
+                     f"held-out programs: {low:+.3f} to {high:+.3f})")
+    lines += [
         "",
         f"Settings: `{json.dumps(results['settings'])}`",
         "",

@@ -160,6 +160,34 @@ def predictions_of(model_dir: Path, labelled: Path) -> tuple[list[int], list[int
     return actual, predicted, [model.config.id2label[i] for i in range(model.config.num_labels)]
 
 
+def test_programs(labelled: Path) -> list[int]:
+    """The General MIDI program of every test clip, in the order of `predictions_of` (from the corpus file names)."""
+    import re
+
+    from datasets import Audio
+
+    from ..audio_data import load_audio_dataset
+
+    dataset = load_audio_dataset(str(labelled), split="test")
+    paths = dataset.cast_column("audio", Audio(decode=False))["audio"]
+    return [int(re.search(r"_p(\d+)_", Path(item["path"]).name).group(1)) for item in paths]
+
+
+def program_bootstrap(correct_a, correct_b, programs, resamples: int = 10000, seed: int = 0) -> dict:
+    """Accuracy of A minus accuracy of B on the same test clips, with its 95 % interval when the held-out programs
+    are resampled with replacement. Clips of one program are not independent draws (a model gets an instrument
+    mostly right or mostly wrong), so the programs, not the clips, are the unit of this uncertainty."""
+    correct_a, correct_b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    names, program_index = np.unique(np.asarray(programs), return_inverse=True)
+    clips = np.bincount(program_index)
+    per_program = np.bincount(program_index, correct_a - correct_b)
+    picks = np.random.default_rng(seed).integers(0, len(names), (resamples, len(names)))
+    differences = per_program[picks].sum(1) / clips[picks].sum(1)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return {"difference": float(correct_a.mean() - correct_b.mean()), "interval_95": [float(low), float(high)],
+            "share_of_resamples_not_above_0": float(np.mean(differences <= 0)), "programs": len(names)}
+
+
 def waveforms_and_labels(labelled: Path, split: str) -> tuple[list[np.ndarray], list[int]]:
     from ..audio_data import AudioClips, load_audio_dataset
 
@@ -225,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     logmel = stage("5/5 log-mel + logistic regression baseline", baseline)
 
     actual, predicted, names = predictions_of(output / "finetuned_pretrained", labelled)
+    _, predicted_random, _ = predictions_of(output / "finetuned_random_init", labelled)
+    programs = test_programs(labelled)
+    correct = {
+        "pretrained_finetuned": np.equal(predicted, actual),
+        "random_init_finetuned": np.equal(predicted_random, actual),
+        "logmel_baseline": np.equal(logmel["predictions"], actual),
+    }
     examples = pipeline_examples(output / "finetuned_pretrained", labelled)
     results = {
         "pretrained_finetuned_accuracy": pretrained["eval_accuracy"],
@@ -233,6 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         "random_init_linear_probe_accuracy": scratch["linear_probe_accuracy"],
         "logmel_baseline_accuracy": logmel["accuracy"],
         "chance_accuracy": 1.0 / len(names),
+        "program_bootstrap": {
+            f"pretrained_finetuned_minus_{other}": program_bootstrap(correct["pretrained_finetuned"], correct[other],
+                                                                     programs)
+            for other in ("random_init_finetuned", "logmel_baseline")
+        },
+        "test_program_families": {str(program): names[label] for program, label in zip(programs, actual)},
+        "per_program_accuracy": {
+            name: {str(program): float(np.mean(hits[np.equal(programs, program)])) for program in sorted(set(programs))}
+            for name, hits in correct.items()
+        },
         "settings": {**asdict(settings), "fast": args.fast,
                      "pretraining_precision_flags": precision_flags(), "finetuning_bf16": bf16_is_fast(on_cpu=True)},
         "corpus": {key: value for key, value in corpus.items() if key in ("counts", "soundfont", "programs")},
