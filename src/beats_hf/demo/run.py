@@ -62,9 +62,9 @@ FAST = DemoSettings(
 
 
 def bf16_is_fast(on_cpu: bool) -> bool:
-    """Whether bf16 autocast runs on matrix units: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX (on one
-    core of an AMD EPYC with AVX512-BF16, a small-preset pre-training step took 0.43 s in bf16 against 0.94 s in
-    float32). Elsewhere bf16 is emulated and slower, so the demo stays in float32."""
+    """Whether bf16 autocast runs on matrix units: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX (on 2 cores
+    of an AMD EPYC with AVX512-BF16 the demo's pre-training step takes 0.62x its float32 time:
+    benchmarks/demo_pretraining_bf16.py). Elsewhere bf16 is emulated and slower, so the demo stays in float32."""
     import torch
 
     if not on_cpu:
