@@ -160,7 +160,7 @@ def predictions_of(model_dir: Path, labelled: Path) -> tuple[list[int], list[int
     return actual, predicted, [model.config.id2label[i] for i in range(model.config.num_labels)]
 
 
-def test_programs(labelled: Path) -> list[int]:
+def held_out_programs(labelled: Path) -> list[int]:
     """The General MIDI program of every test clip, in the order of `predictions_of` (from the corpus file names)."""
     import re
 
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     actual, predicted, names = predictions_of(output / "finetuned_pretrained", labelled)
     _, predicted_random, _ = predictions_of(output / "finetuned_random_init", labelled)
-    programs = test_programs(labelled)
+    programs = held_out_programs(labelled)
     correct = {
         "pretrained_finetuned": np.equal(predicted, actual),
         "random_init_finetuned": np.equal(predicted_random, actual),
