@@ -23,7 +23,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 from .audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
 from .configuration_beats import CLASSIFIER_POOLINGS
-from .modeling_beats import pool_frequency_bands
+from .modeling_beats import clip_feature_size, pool_frequency_bands
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int,
     mask = outputs.patch_mask
     if mask is None:
         mask = torch.ones(batch_size, num_patches, dtype=torch.bool, device=hidden.device)
-    weight = mask.unsqueeze(-1).float()
     if pooling == "frequency_bands":
         clips = pool_frequency_bands(hidden, mask, bands)
     else:
+        weight = mask.unsqueeze(-1).float()
         clips = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
     rows = hidden.view(batch_size, num_patches // bands, bands, width).mean(2)
     valid_rows = mask.view(batch_size, -1, bands)[..., 0].sum(-1)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    clip_width = config.hidden_size * (2 * bands if args.pooling == "frequency_bands" else 1)
+    clip_width = clip_feature_size(config, args.pooling)
     clip_array = torch.stack(clip_embeddings).numpy() if clip_embeddings else np.zeros((0, clip_width))
     summary = {"model": args.model, "data": args.data, "layer": args.layer, "pooling": args.pooling,
                "clips": len(indices), "skipped": clips.skipped, "hidden_size": config.hidden_size,

@@ -7,10 +7,9 @@ the probe is a plain `features @ weight + bias`. Deterministic.
 
 `initialise_head_from_linear_probe` fits such a probe on a classifier's own frozen clip embeddings (what its head sees,
 `BeatsForAudioClassification.clip_features`: pooled from the last layer or the weighted layer sum) and writes it into
-the head. Fine-tuning
-from there is LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
-Out-of-Distribution"): the encoder starts its updates under a head that already fits, instead of under a random one
-whose large early gradients overwrite the pre-trained features.
+the head. Fine-tuning from there is LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features and
+Underperform Out-of-Distribution"): the encoder starts its updates under a head that already fits, instead of under a
+random one whose large early gradients overwrite the pre-trained features.
 """
 
 from __future__ import annotations

@@ -584,6 +584,11 @@ def pool_frequency_bands(hidden_states: torch.Tensor, patch_mask: torch.Tensor |
     return statistics.flatten(1).to(hidden_states.dtype)
 
 
+def clip_feature_size(config: BeatsConfig, pooling: str) -> int:
+    """Width of a clip embedding pooled as `pooling` (see `BeatsConfig.classifier_pooling`)."""
+    return config.hidden_size * (2 * config.num_frequency_patches if pooling == "frequency_bands" else 1)
+
+
 def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Loss chosen by `config.problem_type` (inferred from the labels when unset, as transformers does)."""
     num_labels = logits.shape[-1]
@@ -643,10 +648,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
-        pooled_size = config.hidden_size
-        if config.classifier_pooling == "frequency_bands":
-            pooled_size *= 2 * config.num_frequency_patches
-        self._build_head(config, pooled_size)
+        self._build_head(config, clip_feature_size(config, config.classifier_pooling))
         self.post_init()
 
     @torch.no_grad()
@@ -654,6 +656,10 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
         """What the head's linear layer sees, `(batch, classifier.in_features)`: without dropout, the logits are
         `classifier(clip_features)`. For fitting the head as a linear probe."""
         hidden_states, patch_mask, _ = self._encode(input_features, attention_mask, {})
+        return self._pool(hidden_states, patch_mask)
+
+    def _pool(self, hidden_states: torch.Tensor, patch_mask: torch.Tensor | None) -> torch.Tensor:
+        """Patch states -> the head's input, as `config.classifier_pooling` says."""
         if self.config.classifier_pooling == "frequency_bands":
             return pool_frequency_bands(hidden_states, patch_mask, self.config.num_frequency_patches)
         return _masked_mean(hidden_states, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
@@ -677,8 +683,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
         """
         hidden_states, patch_mask, outputs = self._encode(input_features, attention_mask, kwargs)
         if self.config.classifier_pooling == "frequency_bands":
-            pooled = pool_frequency_bands(hidden_states, patch_mask, self.config.num_frequency_patches)
-            logits = self.classifier(self.dropout(pooled))
+            logits = self.classifier(self.dropout(self._pool(hidden_states, patch_mask)))
         else:  # as the official head: logits per patch (dropout per patch), then the mean over valid patches
             patch_logits = self.classifier(self.dropout(hidden_states))
             logits = _masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)

@@ -131,9 +131,8 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
     plot_confusion(report_dir / "confusion_matrix.png", actual, predicted, names)
     plot_accuracies(report_dir / "accuracy.png", results)
     plots += [("Confusion matrix", "confusion_matrix.png"), ("Accuracy comparison", "accuracy.png")]
-    if "per_program_accuracy" in results:
-        plot_per_program(report_dir / "per_program_accuracy.png", results)
-        plots.append(("Accuracy per held-out program", "per_program_accuracy.png"))
+    plot_per_program(report_dir / "per_program_accuracy.png", results)
+    plots.append(("Accuracy per held-out program", "per_program_accuracy.png"))
 
     (report_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     lines = [

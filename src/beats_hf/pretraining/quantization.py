@@ -230,7 +230,7 @@ class NormEmaCodebook(nn.Module):
     @torch.no_grad()
     def _restart_dead_codes(self, codebook: torch.Tensor, vectors: torch.Tensor) -> None:
         """Move the dead codes onto vectors of this step (all processes'), distinct ones while there are enough."""
-        dead = (self.updates_since_used >= self.dead_after_updates).nonzero().squeeze(1)
+        dead = self._dead().nonzero().squeeze(1)
         if dead.numel() == 0:
             return
         pool = all_gather_rows(vectors.detach().float())
@@ -249,9 +249,13 @@ class NormEmaCodebook(nn.Module):
         self.updates_since_used[dead] = 0
         self.restarted_codes.add_(dead.numel())
 
+    def _dead(self) -> torch.Tensor:
+        """`(codebook_size,)` bool: codes no vector has chosen in the last `dead_after_updates` updates."""
+        return self.updates_since_used >= self.dead_after_updates
+
     def num_dead_codes(self) -> int:
         """Codes no vector has chosen in the last `dead_after_updates` updates."""
-        return int((self.updates_since_used >= self.dead_after_updates).sum().item())
+        return int(self._dead().sum().item())
 
     def extra_repr(self) -> str:
         return (
