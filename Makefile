@@ -27,8 +27,12 @@ $(STAMP): setup.py requirements-dev.txt
 
 install: $(STAMP)
 
+# The float-sensitive tests run again on two other MKL code paths (FFT and matmul), to see here what another CPU does;
+# tests/test_mkl_code_paths.py says at the end of the first run whether those settings change anything on this CPU.
 test: install
 	$(PY) -m pytest -q tests
+	MKL_CBWR=AVX2 $(PY) -m pytest -q -m float_sensitive tests
+	MKL_CBWR=COMPATIBLE $(PY) -m pytest -q -m float_sensitive tests
 
 demo: install
 	$(PY) -m beats_hf.cli demo

@@ -16,6 +16,14 @@ if str(REPO_ROOT) not in sys.path:
 torch.set_num_threads(2)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "float_sensitive: depends on the CPU's floating-point code paths (MKL's FFT and matmul); the README's test "
+        "command runs these again under MKL_CBWR=AVX2 and MKL_CBWR=COMPATIBLE",
+    )
+
+
 def tiny_config(**overrides):
     """The tiny BEATs architecture the model tests share (2 layers, width 32, 4 heads); overrides win."""
     from beats_hf import BeatsConfig
@@ -38,3 +46,35 @@ def load_reference(name: str) -> tuple[dict, dict]:
     checkpoint = torch.load(OFFICIAL_TINY / f"tiny_{name}.pt", weights_only=True)
     outputs = torch.load(OFFICIAL_TINY / f"outputs_{name}.pt", weights_only=True)["cases"]
     return checkpoint, outputs
+
+
+def official_clip_features(reference_inputs: dict, index: int) -> dict:
+    """The official fbank of reference clip `index` alone, as model inputs. The official code computes its padded
+    batch clip by clip, and a frame inside a clip never reaches its padding, so the first frames of row `index` are
+    exactly the clip's own fbank (the reference data proves it for clip 0, its `single_unpadded` case)."""
+    from beats_hf.feature_extraction_beats import num_frames
+
+    frames = num_frames(reference_inputs["individual_waveforms"][index].shape[-1])
+    features = reference_inputs["preprocess"]["batch_padded"]["fbank"][index : index + 1, :frames]
+    return {"input_features": features, "attention_mask": torch.ones(1, frames, dtype=torch.int32)}
+
+
+def official_padded_batch(reference_inputs: dict, padding_value: float = 0.0) -> dict:
+    """The three reference clips as one padded batch built from the official fbank: each clip's own frames, then
+    `padding_value` and attention mask 0, as BeatsFeatureExtractor pads them."""
+    from beats_hf.feature_extraction_beats import num_frames
+
+    features = reference_inputs["preprocess"]["batch_padded"]["fbank"].clone()
+    counts = torch.tensor([num_frames(waveform.shape[-1]) for waveform in reference_inputs["individual_waveforms"]])
+    attention_mask = torch.arange(features.shape[1])[None, :] < counts[:, None]
+    features[~attention_mask] = padding_value
+    return {"input_features": features, "attention_mask": attention_mask.to(torch.int32)}
+
+
+# Lines for the end of the pytest run (e.g. which MKL code paths change the fbank on this CPU).
+RUN_NOTES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for note in RUN_NOTES:
+        terminalreporter.write_line(note)

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
 
@@ -13,6 +14,7 @@ from beats_hf import (
     BeatsForAudioFrameClassification,
     BeatsModel,
 )
+from beats_hf.modeling_beats import BeatsPositionalConvEmbedding
 
 
 class BeatsModelTester:
@@ -260,6 +262,55 @@ def test_bf16_forward_is_finite(tmp_path):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = build(BeatsForAudioClassification)(**inputs).logits
     assert torch.isfinite(logits).all()
+
+
+BF16_UNIT_ROUNDOFF = 2.0**-8
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def position_convolution(groups: int) -> BeatsPositionalConvEmbedding:
+    torch.manual_seed(0)  # tiny_config: 32 channels, so 4 groups hold 8 channels each and 2 groups 16
+    module = BeatsPositionalConvEmbedding(tiny_config(num_conv_pos_embedding_groups=groups)).eval()
+    with torch.no_grad():  # weight norm's magnitude away from its init, so the test sees the real weights
+        module.conv.parametrizations.weight.original0.mul_(1.5)
+    return module
+
+
+@pytest.mark.float_sensitive
+def test_position_convolution_under_autocast_is_the_float32_one_for_narrow_groups():
+    """Fewer than 16 channels per group: under bf16 autocast the convolution runs in float32, so its output is exactly
+    the float32 module's (oneDNN's bf16 grouped conv1d is ~100 % wrong there on some CPUs). 16 channels: bf16."""
+    hidden_states = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(1))
+    narrow, wide = position_convolution(groups=4), position_convolution(groups=2)
+    assert narrow.float32_only and not wide.float32_only
+    with torch.no_grad():
+        expected = narrow(hidden_states)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            guarded, unguarded = narrow(hidden_states), wide(hidden_states)
+    assert guarded.dtype == torch.float32 and torch.equal(guarded, expected)
+    assert unguarded.dtype == torch.bfloat16
+
+
+@pytest.mark.float_sensitive
+def test_position_convolution_with_bf16_weights_matches_a_float64_convolution():
+    """bf16 weights and inputs, 8 channels per group: the guarded output is the exact convolution of those bf16 values
+    to within float32 accumulation (gamma_n times the sum of |w||x|, n = 8 channels x 16 taps + bias) plus rounding the
+    result and its GELU to bf16 (GELU's slope is at most 1.13)."""
+    module = position_convolution(groups=4).to(torch.bfloat16)
+    hidden_states = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(1)).bfloat16()
+    with torch.no_grad():
+        actual = module(hidden_states)
+        conv = module.conv
+        weight, bias = conv.weight.double(), conv.bias.double()
+    conv_input = hidden_states.transpose(1, 2).double()
+    exact = F.conv1d(conv_input, weight, bias, padding=conv.padding, groups=conv.groups)[..., :-1]
+    magnitude = F.conv1d(conv_input.abs(), weight.abs(), bias.abs(), padding=conv.padding, groups=conv.groups)
+    magnitude = magnitude[..., :-1]
+    terms = 8 * 16 + 1
+    accumulation = terms * FLOAT32_UNIT_ROUNDOFF / (1 - terms * FLOAT32_UNIT_ROUNDOFF) * magnitude
+    bound = 1.13 * (accumulation + BF16_UNIT_ROUNDOFF * exact.abs()) + BF16_UNIT_ROUNDOFF * F.gelu(exact).abs()
+    assert actual.dtype == torch.bfloat16
+    assert ((actual.double().transpose(1, 2) - F.gelu(exact)).abs() <= bound + 1e-30).all()
 
 
 def test_fully_padded_clip_gives_no_nan():

@@ -253,12 +253,15 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_codebook_none():
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
+@pytest.mark.float_sensitive
 def test_padding_does_not_change_the_losses():
-    """A clip alone and the same clip padded in a batch next to a longer one: same ids, same per-clip losses."""
+    """A clip alone and the same clip padded in a batch next to a longer one: same ids, same per-clip losses. (Alone
+    means its own frames cut out of the batch: the fbank's batch invariance holds to rounding, tested elsewhere.)"""
     model = tiny_model().eval()
     inputs = batch()
-    alone = batch(two_clips()[1:])
-    num_patches = alone["input_features"].shape[1] // 16 * 8
+    frames = int(inputs["attention_mask"][1].sum())
+    alone = {key: value[1:, :frames] for key, value in inputs.items()}
+    num_patches = frames // 16 * 8
     targets = torch.randn(2, inputs["input_features"].shape[1] // 16 * 8, 24)
     with torch.no_grad():
         padded = model(**inputs, teacher_hidden_states=targets)

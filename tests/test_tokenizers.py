@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import load_reference
+from conftest import load_reference, official_clip_features, official_padded_batch
 from transformers import AutoModel
 
 from beats_hf import (
@@ -22,6 +22,8 @@ from beats_hf import (
 from beats_hf.audio_data import decode_audio
 from beats_hf.feature_extraction_beats import num_frames
 from conversion.beats_conversion import convert_checkpoint
+
+pytestmark = pytest.mark.float_sensitive
 
 SAMPLING_RATE = 16000
 OFFICIAL_PATCHES_ALONE = [128, 48, 248]  # valid patches of the three reference clips, each run alone
@@ -73,58 +75,42 @@ def test_unpadded_reference_fbank_gives_official_ids(official_tokenizer, referen
     assert torch.equal(token_ids(model, input_features=batch), outputs["batch_nomask"]["labels_2d"])
 
 
-def test_raw_waveforms_give_official_ids(official_tokenizer, reference_inputs):
-    """Each unpadded clip from its waveform through BeatsFeatureExtractor."""
+def test_each_clip_alone_gives_official_ids(official_tokenizer, reference_inputs):
+    """Each reference clip alone, from its official fbank with an all-ones attention mask."""
     model, outputs = official_tokenizer
-    feature_extractor = BeatsFeatureExtractor()
-    cases = {"single_unpadded": reference_inputs["single_waveform"][0].numpy()}
-    cases.update({f"individual_{i}": clip for i, clip in enumerate(clips_of(reference_inputs))})
-    for case, waveform in cases.items():
-        inputs = feature_extractor(waveform, sampling_rate=SAMPLING_RATE, return_tensors="pt")
-        ids = token_ids(model, **inputs)
-        assert (ids != -100).all(), case  # one clip: nothing is padding
-        assert torch.equal(ids, outputs[case]["labels_2d"]), case
+    for index in range(len(OFFICIAL_PATCHES_ALONE)):
+        ids = token_ids(model, **official_clip_features(reference_inputs, index))
+        assert (ids != -100).all(), index  # one clip: nothing is padding
+        assert torch.equal(ids, outputs[f"individual_{index}"]["labels_2d"]), index
 
 
 def test_padded_batch_gives_each_clips_own_official_ids(official_tokenizer, reference_inputs):
-    """A padded batch from the feature extractor: each clip's ids alone on its valid patches, -100 after them."""
+    """The official padded-batch fbank with the feature extractor's frame mask (each clip's own Kaldi frame count, not
+    the official mask, which keeps a few padded frames): each clip's ids alone on its valid patches, -100 after."""
     model, outputs = official_tokenizer
-    inputs = BeatsFeatureExtractor()(clips_of(reference_inputs), sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    inputs = official_padded_batch(reference_inputs)
+    clips = clips_of(reference_inputs)
+    extracted = BeatsFeatureExtractor()(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+    assert torch.equal(inputs["attention_mask"], extracted["attention_mask"])
+    assert inputs["attention_mask"].sum(-1).tolist() == [num_frames(len(clip)) for clip in clips] == [268, 98, 498]
     result = model(**inputs)
     assert result.patch_mask.sum(-1).tolist() == OFFICIAL_PATCHES_ALONE
     assert torch.equal(result.token_ids == -100, ~result.patch_mask)
     assert_each_clip_matches_official(result.token_ids, outputs)
 
 
-def test_padded_reference_fbank_with_true_frame_mask(official_tokenizer, reference_inputs):
-    """The official padded-batch fbank with a frame mask from each clip's own Kaldi frame count (not the official
-    mask, which keeps a few padded frames) gives each clip's own ids."""
-    model, outputs = official_tokenizer
-    features = reference_inputs["preprocess"]["batch_padded"]["fbank"]
-    counts = [num_frames(int(length)) for length in reference_inputs["lengths"]]
-    assert counts == [268, 98, 498]
-    attention_mask = (torch.arange(features.shape[1])[None, :] < torch.tensor(counts)[:, None]).long()
-    ids = token_ids(model, input_features=features, attention_mask=attention_mask)
-    assert_each_clip_matches_official(ids, outputs)
-
-
 def test_padding_content_never_changes_the_ids(official_tokenizer, reference_inputs):
-    """Loud noise instead of zeros after each clip changes only padded frames: the ids of the valid patches stay
+    """Loud noise instead of padding after each clip changes only padded frames: the ids of the valid patches stay
     the clip's own and the padded patches stay -100."""
     model, outputs = official_tokenizer
-    clips = clips_of(reference_inputs)
-    feature_extractor = BeatsFeatureExtractor()
-    zero_padded = feature_extractor(clips, sampling_rate=SAMPLING_RATE, return_tensors="pt")
-    longest = max(len(clip) for clip in clips)
-    rng = np.random.default_rng(0)
-    noisy = [np.concatenate([clip, rng.uniform(-0.9, 0.9, longest - len(clip)).astype(np.float32)]) for clip in clips]
-    noise_padded = feature_extractor(noisy, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_features"]
-    padded_frames = zero_padded["attention_mask"] == 0
-    assert not torch.equal(noise_padded[padded_frames], zero_padded["input_features"][padded_frames])
-    ids = token_ids(model, input_features=noise_padded, attention_mask=zero_padded["attention_mask"])
+    inputs = official_padded_batch(reference_inputs)
+    padded_frames = inputs["attention_mask"] == 0
+    noisy = inputs["input_features"].clone()
+    noisy[padded_frames] = 3 * torch.randn(int(padded_frames.sum()), noisy.shape[-1], generator=torch.manual_seed(0))
+    ids = token_ids(model, input_features=noisy, attention_mask=inputs["attention_mask"])
     assert_each_clip_matches_official(ids, outputs)
     # Without the mask the noise is read as signal: the short clips then get ids on every patch.
-    unmasked = token_ids(model, input_features=noise_padded)
+    unmasked = token_ids(model, input_features=noisy)
     assert (unmasked != -100).all()
 
 
@@ -263,14 +249,17 @@ def test_random_projection_reload_reads_the_saved_tensors_not_the_seed(tmp_path)
 
 
 def test_random_projection_padded_batch_equals_each_clip_alone(features):
+    """Each row's own frames, cut out of the padded batch, give the same ids alone: padding never reaches a valid
+    patch. (The fbank's own batch invariance, to float rounding, is tested with the feature extractor.)"""
     model = random_projection(seed=3)
     batch = model(**features)
     clips = [generated_audio(4.0, seed=1), generated_audio(2.5, seed=2), generated_audio(1.0, seed=3)]
-    feature_extractor = BeatsFeatureExtractor()
     for index, clip in enumerate(clips):
-        alone = token_ids(model, **feature_extractor(clip, sampling_rate=SAMPLING_RATE, return_tensors="pt"))[0]
+        frames = num_frames(len(clip))
+        assert int(features["attention_mask"][index].sum()) == frames
+        alone = token_ids(model, input_features=features["input_features"][index : index + 1, :frames])[0]
         num_valid = int(batch.patch_mask[index].sum())
-        assert num_valid == alone.shape[0]
+        assert num_valid == alone.shape[0] == frames // 16 * 8
         assert torch.equal(batch.token_ids[index, :num_valid], alone)
         assert (batch.token_ids[index, num_valid:] == -100).all()
 

@@ -151,8 +151,22 @@ def kaldi_fbank(
 
 def _fbank_block(waveforms, frames, input_scale, frame_length, hop_length, window, mel_banks, epsilon):
     """`kaldi_fbank` of `waveforms` `(batch, samples)` in one pass, with the constants already built."""
-    batch_size, length = waveforms.shape
+    batch_size = waveforms.shape[0]
     num_mel_bins = mel_banks.shape[0]
+    fft_size = 2 * (mel_banks.shape[1] - 1)
+    windowed = windowed_frames(waveforms, frames, input_scale, frame_length, hop_length, window, fft_size)
+    spectrum = torch.fft.rfft(windowed).abs().pow(2.0)
+    # One 2-D matmul against the transposed filter matrix, as torchaudio does, keeps its summation order and bits.
+    mel_energies = torch.mm(spectrum.reshape(batch_size * frames, -1), mel_banks.T)
+    log_mel = torch.max(mel_energies, epsilon).log()
+    return log_mel.reshape(batch_size, frames, num_mel_bins)
+
+
+def windowed_frames(waveforms, frames, input_scale, frame_length, hop_length, window, fft_size) -> torch.Tensor:
+    """The FFT input of every Kaldi frame, `(batch, frames, fft_size)`: `snip_edges` framing, DC removal, pre-emphasis
+    0.97, povey window, zero padding. Only elementwise ops and fixed-length reductions in torch's own kernels, so
+    these bits do not depend on MKL (the FFT and the mel matmul after them do)."""
+    batch_size, length = waveforms.shape
     scaled = (waveforms * input_scale).contiguous()
     strided = scaled.as_strided((batch_size, frames, frame_length), (length, hop_length, 1))
     strided = strided - strided.mean(dim=-1, keepdim=True)
@@ -160,14 +174,7 @@ def _fbank_block(waveforms, frames, input_scale, frame_length, hop_length, windo
     previous = torch.cat([strided[..., :1], strided[..., :-1]], dim=-1)
     strided = strided - PREEMPHASIS_COEFFICIENT * previous
     strided = strided * window
-    fft_size = 2 * (mel_banks.shape[1] - 1)
-    strided = F.pad(strided, (0, fft_size - frame_length), mode="constant", value=0.0)
-
-    spectrum = torch.fft.rfft(strided).abs().pow(2.0)
-    # One 2-D matmul against the transposed filter matrix, as torchaudio does, keeps its summation order and bits.
-    mel_energies = torch.mm(spectrum.reshape(batch_size * frames, -1), mel_banks.T)
-    log_mel = torch.max(mel_energies, epsilon).log()
-    return log_mel.reshape(batch_size, frames, num_mel_bins)
+    return F.pad(strided, (0, fft_size - frame_length), mode="constant", value=0.0)
 
 
 class BeatsFeatureExtractor(SequenceFeatureExtractor):

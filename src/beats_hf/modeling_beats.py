@@ -72,6 +72,12 @@ class _GradMultiply(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+# torch 2.13's oneDNN bf16 grouped conv1d is wrong (relative error ~100 %, seen on Intel AVX-512/AMX CPUs) when a group
+# has fewer than 16 channels: such position convolutions run in float32 under autocast or with bf16/fp16 weights. The
+# released models (48 channels per group) and the `tiny` preset (16) are not affected.
+_MIN_REDUCED_PRECISION_GROUP_CHANNELS = 16
+
+
 def additive_key_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Bool `(batch, length)` (True = attend) -> additive `(batch, 1, 1, length)` mask: 0 or the dtype's minimum,
     finite so that a row with no valid key gives no NaN."""
@@ -200,12 +206,33 @@ class BeatsPositionalConvEmbedding(nn.Module):
         )
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.remove_last = config.num_conv_pos_embeddings % 2 == 0
+        channels_per_group = config.hidden_size // config.num_conv_pos_embedding_groups
+        self.float32_only = channels_per_group < _MIN_REDUCED_PRECISION_GROUP_CHANNELS
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        output = self.conv(hidden_states.transpose(1, 2))
+        if self.float32_only and _in_reduced_precision(hidden_states):
+            output = self._float32_conv(hidden_states.transpose(1, 2)).to(hidden_states.dtype)
+        else:
+            output = self.conv(hidden_states.transpose(1, 2))
         if self.remove_last:
             output = output[:, :, :-1]
         return F.gelu(output).transpose(1, 2)
+
+    def _float32_conv(self, conv_input: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(conv_input.device.type, enabled=False):
+            weight, bias = self.conv.weight.float(), self.conv.bias
+            bias = bias.float() if bias is not None else None
+            return F.conv1d(
+                conv_input.float(), weight, bias, padding=self.conv.padding, groups=self.conv.groups
+            )
+
+
+def _in_reduced_precision(hidden_states: torch.Tensor) -> bool:
+    """bf16/fp16 tensors, or float32 tensors that autocast would run in bf16/fp16."""
+    if hidden_states.dtype in (torch.bfloat16, torch.float16):
+        return True
+    device_type = hidden_states.device.type
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) != torch.float32
 
 
 class BeatsRelativePositionBias(nn.Module):
