@@ -246,7 +246,7 @@ def test_audio_clips_skip_bad_files(folder_dataset, corpus, caplog):
             items = [clips[i] for i in range(len(clips))]
     assert all(item is not None for item in items)  # bad indices replaced by the next readable clip
     assert clips.skipped == 2 and clips.skipped_reasons == {"unreadable": 1, "too short": 1}
-    warned = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "Replacing" in r.getMessage()]  # training says it substitutes
     assert len(warned) == 2 and any("corrupt.wav" in m for m in warned) and any("short.wav" in m for m in warned)
 
     aligned = AudioClips(folder_dataset, crop_seconds=None, replace_bad=False, return_index=True)
@@ -255,6 +255,15 @@ def test_audio_clips_skip_bad_files(folder_dataset, corpus, caplog):
     assert all(item["index"] == i for i, item in enumerate(items) if item is not None)
     assert aligned.skipped == 2
     assert len([i for i in items if i is not None]) == n_good(files)
+
+    # Scored sets: the bad files are left out (not substituted) and counted; every kept item is a distinct good file.
+    with caplog.at_level(logging.WARNING, logger="beats_hf.audio_data"):
+        scored = AudioClips(folder_dataset, crop_seconds=None, replace_bad=False).without_unreadable("test set")
+    assert len(scored) == n_good(files) and scored.dropped == {"unreadable": 1, "too short": 1}
+    kept = [Path(example["audio"]["path"]).name for example in scored.dataset]
+    assert len(set(kept)) == len(kept) and not {"corrupt.wav", "short.wav"} & set(kept)
+    assert all(scored[i] is not None for i in range(len(scored)))
+    assert any("test set: left out 2 of" in r.getMessage() for r in caplog.records)
 
     # A min_seconds above every clip leaves nothing readable: a clear error, not an endless loop.
     with pytest.raises(RuntimeError, match="No readable"):

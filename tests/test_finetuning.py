@@ -85,6 +85,26 @@ def test_single_label_fine_tuning_learns(pretrained_dir, audiofolder, tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_unreadable_eval_files_are_left_out_and_counted(pretrained_dir, audiofolder, tmp_path):
+    """An unreadable test file is not replaced by a copy of another clip: it is left out of the scores and counted in
+    the metrics files; an unreadable training file is replaced and counted."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(audiofolder, data)
+    (data / "test" / "low" / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    (data / "train" / "low" / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    output = tmp_path / "out"
+    # 37 training clips, batches of 8: 5 steps read every one of them once.
+    metrics = run_audio_classification.main(common_args(pretrained_dir, data, output) + ["--max_steps", "5"])
+    assert metrics["eval_unreadable_files_left_out"] == 1
+    assert metrics["train_unreadable_files_replaced"] == 1
+    saved = json.loads((output / "all_results.json").read_text())
+    assert saved["eval_unreadable_files_left_out"] == 1
+    # The 12 readable test clips are scored, not 13 items: the accuracy is a multiple of 1/12.
+    assert abs(metrics["eval_accuracy"] * 12 - round(metrics["eval_accuracy"] * 12)) < 1e-6
+
+
 def test_paper_recipe_options_train(pretrained_dir, audiofolder, tmp_path):
     """Mixup, SpecAugment and layer-wise lr decay together: training runs and the loss stays finite."""
     metrics = run_audio_classification.main(

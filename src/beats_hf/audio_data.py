@@ -13,9 +13,11 @@ Typical use with `Trainer`::
 Bad files (undecodable, empty, or shorter than `min_seconds`):
 
 - `AudioClips(replace_bad=True)` (default, for training) returns the next readable item instead, so every batch is
-  full and any collator works. `AudioClips(replace_bad=False)` (for evaluation / embedding extraction, where indices
-  must stay aligned) returns `None`; `AudioFeatureCollator` drops `None` items and returns `{}` for a batch with no
-  readable item.
+  full and any collator works; each replacement is logged and counted. `AudioClips(replace_bad=False)` (for embedding
+  extraction, where indices must stay aligned) returns `None`; `AudioFeatureCollator` drops `None` items and returns
+  `{}` for a batch with no readable item.
+- Evaluation and test sets must never score a substitute: `AudioClips(...).without_unreadable()` reads every example
+  once, drops the bad ones and keeps their count (`dropped`), so every scored item is a distinct readable file.
 - `StreamingAudioClips` simply does not yield them.
 - Both count them in `.skipped` (split by reason in `.skipped_reasons`) and log each bad path once. The counters live
   in the process that reads the items: with `DataLoader(num_workers>0)` every worker has its own copy.
@@ -28,6 +30,8 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from tqdm.auto import tqdm
 
 import datasets
 import numpy as np
@@ -340,7 +344,8 @@ class _ClipReader:
             return
         self._skipped_ids.add(identifier)
         self.skipped_reasons[reason] += 1
-        logger.warning("Skipping %s audio %s (%d skipped so far)", reason, identifier, self.skipped)
+        action = "Replacing (with the next readable clip)" if getattr(self, "replace_bad", False) else "Skipping"
+        logger.warning("%s %s audio %s (%d so far)", action, reason, identifier, self.skipped)
 
     def _read(self, example: Mapping[str, Any], identifier: str, rng: np.random.Generator) -> dict[str, Any] | None:
         audio = example.get(self.audio_column)
@@ -391,6 +396,26 @@ class AudioClips(_ClipReader, torch.utils.data.Dataset):
         self.replace_bad = replace_bad
         self.return_index = return_index
         self._bad_indices: set[int] = set()
+        self.dropped: Counter[str] = Counter()  # set by without_unreadable(): bad examples left out, by reason
+
+    def without_unreadable(self, description: str = "checking clips") -> AudioClips:
+        """A copy over the readable examples only (each example decoded once here), for evaluation and test sets:
+        nothing is substituted and indices are those of the kept examples. `.dropped` counts what was left out."""
+        if not isinstance(self.dataset, datasets.Dataset):
+            raise TypeError("without_unreadable() needs a datasets.Dataset.")
+        readable = [index for index in tqdm(range(len(self)), desc=description, unit="clip") if self._load(index)]
+        kept = AudioClips(
+            self.dataset.select(readable), crop_seconds=self.crop_seconds, min_seconds=self.min_seconds,
+            label_column=self.label_column, audio_column=self.audio_column, sampling_rate=self.sampling_rate,
+            seed=self.seed, replace_bad=False, return_index=self.return_index,
+        )
+        kept.dropped = Counter(self.skipped_reasons)
+        if kept.dropped:
+            logger.warning(
+                "%s: left out %d of %d examples (%s); they are not scored.", description, sum(kept.dropped.values()),
+                len(self), ", ".join(f"{count} {reason}" for reason, count in sorted(kept.dropped.items())),
+            )
+        return kept
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -241,13 +241,15 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
     )
     eval_clips = None
     if eval_data is not None:
+        # Scored sets never substitute a clip for an unreadable one: bad files are left out and counted.
         eval_clips = AudioClips(
             _subset(eval_data, data_args.max_eval_samples),
             crop_seconds=data_args.eval_max_length_seconds,
             label_column=data_args.label_column,
             audio_column=data_args.audio_column,
             seed=0,
-        )
+            replace_bad=False,
+        ).without_unreadable(description=f"checking the {data_args.eval_split} clips")
     if training_args.push_to_hub:
         # The pushed repo carries our source files so that it loads with trust_remote_code=True anywhere.
         model.config.register_for_auto_class()
@@ -282,8 +284,9 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         trainer.save_state()
     if eval_clips is not None:
         metrics.update(trainer.evaluate())
+        metrics["eval_unreadable_files_left_out"] = sum(eval_clips.dropped.values())
     if training_args.dataloader_num_workers == 0:  # with workers, each worker counts in its own copy
-        metrics["skipped_train_files"] = train_clips.skipped
+        metrics["train_unreadable_files_replaced"] = train_clips.skipped
     trainer.save_metrics("all", {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
     if training_args.push_to_hub:
         trainer.push_to_hub()
