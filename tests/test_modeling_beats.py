@@ -13,6 +13,8 @@ from beats_hf import (
     BeatsForAudioClassification,
     BeatsForAudioFrameClassification,
     BeatsModel,
+    BeatsRandomProjectionConfig,
+    BeatsRandomProjectionForAudioTokenization,
 )
 from beats_hf.modeling_beats import BeatsPositionalConvEmbedding
 
@@ -313,13 +315,60 @@ def test_position_convolution_with_bf16_weights_matches_a_float64_convolution():
     assert ((actual.double().transpose(1, 2) - F.gelu(exact)).abs() <= bound + 1e-30).all()
 
 
-def test_fully_padded_clip_gives_no_nan():
-    model = build(BeatsForAudioClassification)
+def test_clip_without_a_valid_patch_is_a_clear_error():
+    """An all-zero attention mask (or fewer than 16 valid frames) used to give logits of exactly 0: now an error that
+    names the clip, for the encoder, the heads and both tokenizers."""
     inputs = TESTER.get_inputs()
     inputs["attention_mask"][1] = 0
+    inputs["attention_mask"][2, 15:] = 0  # 15 valid frames: no full patch row
+    for model in (build(BeatsModel), build(BeatsForAudioClassification), build(BeatsForAudioFrameClassification)):
+        with pytest.raises(ValueError, match=r"clip\(s\) \[1, 2\] without a single valid patch"):
+            model(**inputs)
+    tokenizer = BeatsRandomProjectionForAudioTokenization(BeatsRandomProjectionConfig(codebook_size=16))
+    with pytest.raises(ValueError, match=r"\[1, 2\] without a single valid patch"):
+        tokenizer(**inputs)
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        (torch.randn(2, 16000), r"shape \(2, 16000\), which looks like raw audio.*BeatsFeatureExtractor"),
+        (torch.randn(16000), r"looks like raw audio"),
+        (torch.randn(2, 64, 80), r"80 mel bins in its last dimension but the model takes 128"),
+        (torch.randn(2, 128, 64), r"64 mel bins.*transposed\? the mel bins come last"),
+        (torch.randn(2, 1, 64, 128), r"must be `\(batch_size, frames, 128\)`, got shape \(2, 1, 64, 128\)"),
+        (torch.randint(0, 5, (2, 64, 128)), r"must be floating point, got torch.int64"),
+        (torch.randn(2, 64, 128).numpy(), r"must be a torch.Tensor, got ndarray"),
+    ],
+)
+def test_wrong_features_are_clear_errors(features, match):
+    model = build(BeatsForAudioClassification)
+    with pytest.raises((ValueError, TypeError), match=match):
+        model(features)
+
+
+def test_non_finite_weights_warn_on_loading(tmp_path, caplog):
+    from beats_hf.modeling_beats import logger
+
+    model = build(BeatsForAudioClassification)
+    model.save_pretrained(tmp_path / "finite")
     with torch.no_grad():
-        logits = model(**inputs).logits
-    assert torch.isfinite(logits).all()
+        model.beats.encoder.layers[0].feed_forward.fc1.weight[0, 0] = float("nan")
+        model.classifier.bias[0] = float("inf")
+    model.save_pretrained(tmp_path / "broken")
+    logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to caplog's root handler
+    try:
+        with caplog.at_level("WARNING", logger=logger.name):
+            BeatsForAudioClassification.from_pretrained(tmp_path / "finite")
+            assert not [r for r in caplog.records if "non-finite" in r.getMessage()]
+            BeatsModel.from_pretrained(tmp_path / "broken")  # the encoder alone: only the encoder weight is named
+            BeatsForAudioClassification.from_pretrained(tmp_path / "broken")
+    finally:
+        logger.removeHandler(caplog.handler)
+    warnings = list(dict.fromkeys(r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()))
+    assert len(warnings) == 2
+    assert "encoder.layers.0.feed_forward.fc1.weight" in warnings[0] and "classifier" not in warnings[0]
+    assert "classifier.bias" in warnings[1] and "fc1.weight" in warnings[1]
 
 
 def test_too_few_frames_is_a_clear_error():

@@ -21,16 +21,67 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_beats import BeatsConfig, BeatsRandomProjectionConfig, BeatsTokenizationConfig
 
+logger = logging.get_logger(__name__)
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_input_features(input_features, num_mel_bins: int) -> None:
+    """Clear errors for inputs that would otherwise fail deep in a convolution or give silently wrong outputs."""
+    if not isinstance(input_features, torch.Tensor):
+        raise TypeError(f"`input_features` must be a torch.Tensor, got {type(input_features).__name__}.")
+    shape = tuple(input_features.shape)
+    if input_features.ndim in (1, 2) and shape[-1] != num_mel_bins:
+        raise ValueError(
+            f"`input_features` has shape {shape}, which looks like raw audio: BEATs takes the fbank features "
+            f"`(batch_size, frames, {num_mel_bins})` that BeatsFeatureExtractor computes from 16 kHz waveforms."
+        )
+    if input_features.ndim != 3:
+        raise ValueError(f"`input_features` must be `(batch_size, frames, {num_mel_bins})`, got shape {shape}.")
+    if shape[-1] != num_mel_bins:
+        hint = " (transposed? the mel bins come last)" if shape[1] == num_mel_bins else ""
+        raise ValueError(
+            f"`input_features` has {shape[-1]} mel bins in its last dimension but the model takes {num_mel_bins}"
+            f"{hint}: use the model's own BeatsFeatureExtractor."
+        )
+    if not input_features.is_floating_point():
+        raise ValueError(f"`input_features` must be floating point, got {input_features.dtype}.")
+
+
+def warn_on_non_finite_weights(model: nn.Module) -> list[str]:
+    """Warns (and returns) the names of the parameters and buffers holding NaN or Inf; meta tensors are skipped."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    bad = [
+        name for name, tensor in tensors
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        logger.warning(f"{type(model).__name__} loaded with non-finite weights (NaN or Inf) in {shown}.")
+    return bad
+
+
+def check_patch_mask(patch_mask: torch.Tensor) -> None:
+    """A clip with no valid patch would give outputs of exactly 0 (or a mean over nothing): an error instead. Skipped
+    under torch.compile, where it would break the graph."""
+    if torch.compiler.is_compiling():
+        return
+    empty = (~patch_mask.any(dim=-1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"`attention_mask` leaves clip(s) {empty} without a single valid patch (a patch needs 16 consecutive "
+            "valid frames, 0.175 s of audio): an all-zero attention mask is padding only. Drop those clips, or pass "
+            "the mask that BeatsFeatureExtractor returns."
+        )
 
 
 def patch_mask_from_frame_mask(attention_mask: torch.Tensor, patch_size: int, frequency_patches: int) -> torch.Tensor:
@@ -161,6 +212,7 @@ class BeatsPatchEmbeddings(nn.Module):
     def __init__(self, config: BeatsConfig):
         super().__init__()
         self.patch_size = config.patch_size
+        self.num_mel_bins = config.num_mel_bins
         self.projection = nn.Conv2d(
             1,
             config.patch_embedding_dim,
@@ -177,6 +229,7 @@ class BeatsPatchEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.input_dropout)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        check_input_features(input_features, self.num_mel_bins)
         num_frames = input_features.shape[1]
         if num_frames < self.patch_size:
             raise ValueError(
@@ -480,7 +533,18 @@ class BeatsEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class BeatsPreTrainedModel(PreTrainedModel):
+class _ChecksLoadedWeights:
+    """`from_pretrained` plus a warning naming any weight that holds NaN or Inf: a corrupt or diverged checkpoint
+    would otherwise load silently and give NaN outputs."""
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        warn_on_non_finite_weights(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+
+class BeatsPreTrainedModel(_ChecksLoadedWeights, PreTrainedModel):
     config_class = BeatsConfig
     config: BeatsConfig
     base_model_prefix = "beats"
@@ -529,6 +593,7 @@ class BeatsPreTrainedModel(PreTrainedModel):
         )
         if patch_mask.shape[1] != num_patches:
             raise ValueError(f"attention_mask gives {patch_mask.shape[1]} patches but the features give {num_patches}.")
+        check_patch_mask(patch_mask)
         return patch_mask
 
 
@@ -1026,7 +1091,7 @@ class BeatsForAudioTokenization(BeatsPreTrainedModel):
         return _tokenization_output(embeddings, self.quantizer.codebook, outputs.patch_mask)
 
 
-class BeatsRandomProjectionForAudioTokenization(PreTrainedModel):
+class BeatsRandomProjectionForAudioTokenization(_ChecksLoadedWeights, PreTrainedModel):
     """The iteration-1 tokenizer (paper §3.2): a frozen random projection of each patch's fbank values and a frozen
     random L2-normalised codebook, both drawn from `config.seed` on the CPU so every process gets the same ones."""
 
@@ -1073,6 +1138,7 @@ class BeatsRandomProjectionForAudioTokenization(PreTrainedModel):
         attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
             1 for real frames, 0 for padding.
         """
+        check_input_features(input_features, self.config.num_mel_bins)
         patches = self.patchify(input_features.to(self.projection.dtype))
         embeddings = F.normalize(patches @ self.projection, dim=-1)
         patch_mask = None
@@ -1080,6 +1146,7 @@ class BeatsRandomProjectionForAudioTokenization(PreTrainedModel):
             patch_mask = patch_mask_from_frame_mask(
                 attention_mask, self.config.patch_size, self.config.num_frequency_patches
             )
+            check_patch_mask(patch_mask)
         return _tokenization_output(embeddings, self.codebook, patch_mask)
 
 
