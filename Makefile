@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# ffmpeg (the program): transformers' audio pipelines decode file paths with it.
 APT_PACKAGES := libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4 libavutil57 \
-	fluidsynth fluid-soundfont-gm timgm6mb-soundfont
+	ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont
 
 .PHONY: install test demo lint clean system-deps
 

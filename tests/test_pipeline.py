@@ -1,5 +1,7 @@
 """The transformers audio-classification pipeline with a model saved to a local folder."""
 
+import wave
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,60 @@ def test_pipeline_batches_clips_of_different_lengths(tmp_path):
         tolerance = probability_tolerance(model, torch.from_numpy(clip), model_tolerance=1e-5)
         for in_batch, by_itself in zip(batched, single):
             assert abs(in_batch["score"] - by_itself["score"]) <= tolerance[model.config.label2id[in_batch["label"]]]
+
+
+def write_wav(path, channels: np.ndarray, sampling_rate: int) -> None:
+    """16-bit PCM WAV of `(channels, samples)` float audio."""
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(channels.shape[0])
+        handle.setsampwidth(2)
+        handle.setframerate(sampling_rate)
+        handle.writeframes((channels.T * 32767).round().astype("<i2").tobytes())
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finetuned")
+    checkpoint, _ = load_reference("finetuned")
+    convert_checkpoint(checkpoint).save_pretrained(folder)
+    BeatsFeatureExtractor().save_pretrained(folder)
+    return pipeline("audio-classification", model=str(folder), function_to_apply="sigmoid", top_k=None)
+
+
+def scores(predictions) -> dict[str, float]:
+    return {p["label"]: p["score"] for p in predictions}
+
+
+def test_pipeline_reads_files_at_any_rate_and_channel_count(classifier, reference_inputs, tmp_path):
+    """A file path goes through FFmpeg (resampled to 16 kHz, mixed down to mono): a 16 kHz mono file gives exactly
+    the scores of its own samples, and the same clip at 44.1 kHz in stereo gives the same top label. An array at
+    another rate goes through beats_hf's `decode_audio` first (FFmpeg resampling, as the README shows)."""
+    from beats_hf.audio_data import decode_audio
+
+    waveform = reference_inputs["individual_waveforms"][0][0].numpy()
+    write_wav(tmp_path / "mono16k.wav", waveform[None], 16000)
+    stored = (waveform * 32767).round().astype(np.int16).astype(np.float32) / 32768  # what FFmpeg reads back
+    from_file = scores(classifier(str(tmp_path / "mono16k.wav")))
+    from_samples = scores(classifier({"raw": stored, "sampling_rate": 16000}))
+    assert from_file.keys() == from_samples.keys()
+    assert max(abs(from_file[label] - from_samples[label]) for label in from_file) <= 1e-6
+
+    time_44k = np.arange(int(len(waveform) * 44100 / 16000)) / 44100
+    resampled = np.interp(time_44k, np.arange(len(waveform)) / 16000, waveform).astype(np.float32)
+    write_wav(tmp_path / "stereo44k.wav", np.stack([resampled, resampled]), 44100)
+    from_stereo = scores(classifier(str(tmp_path / "stereo44k.wav")))
+    assert max(from_stereo, key=from_stereo.get) == max(from_file, key=from_file.get)
+    array_44k = scores(classifier(decode_audio({"array": resampled, "sampling_rate": 44100})))
+    assert max(array_44k, key=array_44k.get) == max(from_file, key=from_file.get)
+
+
+def test_pipeline_inputs_it_cannot_take_say_why(classifier):
+    """What the README documents: arrays at another rate need torchaudio inside transformers (not usable here), and
+    arrays must be mono; both fail with transformers' own message. A missing file names the path."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ImportError, match="torchaudio is required to resample"):
+        classifier({"raw": rng.uniform(-0.1, 0.1, 44100).astype(np.float32), "sampling_rate": 44100})
+    with pytest.raises(ValueError, match="single channel"):
+        classifier(rng.uniform(-0.1, 0.1, (2, 16000)).astype(np.float32))
+    with pytest.raises(FileNotFoundError, match="no_such_file.wav"):
+        classifier("no_such_file.wav")

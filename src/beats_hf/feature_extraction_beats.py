@@ -443,7 +443,9 @@ class BeatsFeatureExtractor(SequenceFeatureExtractor):
                     raise ValueError(self._integer_message(index, str(item.dtype)))
                 if not np.issubdtype(item.dtype, np.floating):
                     raise ValueError(f"Clip {index} has dtype {item.dtype}; expected real floating-point audio.")
-                item = torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
+                item = np.ascontiguousarray(item, dtype=np.float32)
+                # torch cannot wrap a read-only array (e.g. decoded by FFmpeg in a pipeline) without a warning.
+                item = torch.from_numpy(item if item.flags.writeable else item.copy())
             elif not item.is_floating_point():
                 if item.is_complex():
                     raise ValueError(f"Clip {index} has dtype {item.dtype}; expected real floating-point audio.")
