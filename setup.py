@@ -23,5 +23,5 @@ setup(
         "safetensors>=0.4",
         "tqdm",
     ],
-    entry_points={"console_scripts": ["beats-hf=beats_hf.cli:main"]},
+    entry_points={"console_scripts": ["beats-hf=beats_hf.cli:run"]},
 )

@@ -31,12 +31,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
 import datasets
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .sources import is_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +82,6 @@ def _has_audio_file(folder: str) -> bool:
         if any(os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS for name in files):
             return True
     return False
-
-
-def _looks_like_local_path(source: str) -> bool:
-    # A Hub id is "name" or "namespace/name"; anything else path-like must exist locally.
-    return (
-        os.path.isabs(source)
-        or source.startswith((".", "~"))
-        or source.count("/") > 1
-        or os.sep != "/" and os.sep in source
-    )
 
 
 def _pick_split(dataset_dict: Mapping[str, Any], split: str | None, source: str):
@@ -149,7 +139,7 @@ def load_audio_dataset(
             )
     elif os.path.exists(expanded):
         raise ValueError(f"{source!r} is a file; expected a folder of audio files, a saved dataset, or a Hub id.")
-    elif _looks_like_local_path(source):
+    elif is_local_path(source):
         raise FileNotFoundError(f"No such folder: {source!r}.")
     else:
         dataset = datasets.load_dataset(source, split=split, streaming=streaming, **load_kwargs)

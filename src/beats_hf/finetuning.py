@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClas
 from .audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, load_audio_dataset
 from .linear_probe import initialise_head_from_linear_probe
 from .metrics import load_metric
+from .sources import resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +200,10 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         eval_data = load_audio_dataset(data_args.dataset, split=data_args.eval_split, audio_column=data_args.audio_column)
     names = label_names(train_data, data_args.label_column, data_args.multi_label)
     id2label = dict(enumerate(names))
+    model_source = resolve_source(model_args.model_name_or_path)
 
     feature_extractor = AutoFeatureExtractor.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        model_source, trust_remote_code=model_args.trust_remote_code
     )
     overrides = dict(
         num_labels=len(names),
@@ -215,13 +217,13 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         overrides["classifier_dropout"] = model_args.classifier_dropout
     if model_args.from_scratch:
         config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **overrides
+            model_source, trust_remote_code=model_args.trust_remote_code, **overrides
         )
         config._attn_implementation = model_args.attn_implementation
         model = AutoModelForAudioClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
     else:
         model = AutoModelForAudioClassification.from_pretrained(
-            model_args.model_name_or_path,
+            model_source,
             trust_remote_code=model_args.trust_remote_code,
             attn_implementation=model_args.attn_implementation,
             ignore_mismatched_sizes=True,  # a fine-tuned checkpoint's head has another number of classes
