@@ -22,6 +22,9 @@ setup(
         "huggingface_hub>=1.0",
         "safetensors>=0.4",
         "tqdm",
+        # datasets decodes audio through torchcodec; 0.13 is the newest CPU build that works with torch 2.13
+        # (0.14-0.17 are CUDA builds). It needs Debian's FFmpeg 5.1 libraries (see the Makefile).
+        "torchcodec==0.13.0",
     ],
     entry_points={"console_scripts": ["beats-hf=beats_hf.cli:run"]},
 )
