@@ -1,16 +1,19 @@
 """Convert official BEATs checkpoints (microsoft/unilm) to transformers folders, and optionally push them to the Hub.
 
     python conversion/convert_beats_original_to_hf.py --checkpoint_path BEATs_iter3_plus_AS2M.pt \\
-        --pytorch_dump_folder_path beats-iter3-plus-as2m [--push_to_hub NAMESPACE/REPO] [--private]
+        --pytorch_dump_folder_path beats-iter3-plus-as2m [--push_to_hub NAMESPACE/REPO [--private]
+        [--replace_hub_files]]
     python conversion/convert_beats_original_to_hf.py --checkpoint_dir official/ --pytorch_dump_folder_path out/ \\
-        [--push_to_hub NAMESPACE] [--private]
+        [--push_to_hub NAMESPACE [--private] [--replace_hub_files]]
 
 Pre-trained files become BeatsModel, fine-tuned ones BeatsForAudioClassification (AudioSet names in the checkpoint's
 own label order, multi-label), tokenizers BeatsForAudioTokenization. Each output folder is a complete Hub repository
 (see conversion/publishing.py). In batch mode every *.pt / *.pth file of the folder goes to OUT/<hub name>
 (conversion/checkpoints.py: hub_name), a bad file is reported and skipped, and a summary table ends the run.
-An existing output folder is replaced only by a fully successful conversion, and only if it is empty or an earlier
-beats_hf conversion. Exit status: 0 when every file converted (and pushed), 1 otherwise.
+An existing output folder is replaced only by a fully successful conversion, and only if it is empty or holds nothing
+but the unchanged files of an earlier conversion (its beats_hf_manifest.json records them); otherwise the file fails
+with a message naming what is not the converter's. A push keeps the repository files the converter did not write
+unless --replace_hub_files is given. Exit status: 0 when every file converted (and pushed), 1 otherwise.
 """
 
 import argparse
@@ -55,8 +58,8 @@ class Converted:
 def convert_file(checkpoint_path: str | Path, output_dir: str | Path, model_id: str | None = None) -> Converted:
     """Convert one official file into a complete repository folder; raises ConversionError with the reason.
 
-    `model_id` is the repository id the model card's usage snippet loads (defaults to the output folder's absolute
-    path).
+    `model_id` is the repository id the model card's usage snippet loads; without one the snippet loads the output
+    folder by its name (relative to the folder above it: a card holds no absolute local path).
     """
     checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
     with warnings.catch_warnings(record=True) as caught:
@@ -71,9 +74,10 @@ def convert_file(checkpoint_path: str | Path, output_dir: str | Path, model_id: 
             kind,
             file_name=checkpoint_path.name,
             sha256=file_sha256(checkpoint_path),
-            model_id=model_id or str(output_dir.resolve()),
+            model_id=model_id or output_dir.resolve().name,
             self_check_summary=check.summary,
             facts=facts_for(checkpoint_path.name),
+            local=model_id is None,
         )
         save_folder(output_dir, model, feature_extractor, kind, card, check)
     # Only our own warnings are reported; library deprecation noise during save/load is dropped.
@@ -93,11 +97,16 @@ def _convert_one(args: argparse.Namespace) -> int:
     print(f"converted {source.name} ({result.kind}) -> {result.output_dir}; self-check: {result.self_check}")
     if args.push_to_hub:
         try:
-            url = push_folder(result.output_dir, args.push_to_hub, private=args.private)
+            pushed = push_folder(result.output_dir, args.push_to_hub, args.private, args.replace_hub_files)
         except PublishError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        print(f"pushed to {url}")
+        print(f"pushed to {pushed.url}")
+        if pushed.deleted:
+            print(f"deleted from the repository: {', '.join(pushed.deleted)}")
+        if pushed.kept:
+            print("kept in the repository (not written by beats_hf, or changed since; --replace_hub_files deletes "
+                  f"them): {', '.join(pushed.kept)}")  # fmt: skip
     return 0
 
 
@@ -139,7 +148,11 @@ def _convert_folder(args: argparse.Namespace) -> int:
             if result.warnings:
                 status += f" ({len(result.warnings)} warning{'s' if len(result.warnings) > 1 else ''})"
             if repo_id:
-                status += f", pushed to {push_folder(output_dir, repo_id, private=args.private)}"
+                pushed = push_folder(output_dir, repo_id, args.private, args.replace_hub_files)
+                status += f", pushed to {pushed.url}"
+                if pushed.kept:
+                    kept = ", ".join(pushed.kept)
+                    status += f" (kept {len(pushed.kept)} files not written by beats_hf or changed since: {kept})"
         except (ConversionError, PublishError) as error:
             status = f"error: {error}" if kind == "-" else f"converted, but {error}"
         except Exception as error:  # one unexpected failure must not stop the batch; it is reported like the others
@@ -172,9 +185,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--private", action="store_true", help="create new Hub repos as private (existing repos keep their visibility)"
     )
+    parser.add_argument(
+        "--replace_hub_files",
+        action="store_true",
+        help="make the Hub repo exactly the converted folder, deleting files others added (by default they are kept)",
+    )
     args = parser.parse_args(argv)
-    if args.private and not args.push_to_hub:
-        parser.error("--private only applies with --push_to_hub")
+    for flag in ("private", "replace_hub_files"):
+        if getattr(args, flag) and not args.push_to_hub:
+            parser.error(f"--{flag} only applies with --push_to_hub")
     return args
 
 

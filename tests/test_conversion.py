@@ -9,8 +9,12 @@ checks synthesise a state dict with exactly the names and shapes of the released
 
 import argparse
 import csv
+import fcntl
+import hashlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +37,7 @@ from conversion.beats_conversion import (
 )
 from conversion.checkpoints import OFFICIAL_CHECKPOINTS, hub_name
 from conversion.convert_beats_original_to_hf import main
-from conversion.publishing import CONFIG_AUTO_MAPS, SHIPPED_FILES, render_model_card
+from conversion.publishing import CONFIG_AUTO_MAPS, MANIFEST, PARTIAL_MARKER, SHIPPED_FILES, render_model_card
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_beats_original_to_hf.py"
 REFERENCES = ("pretrained", "finetuned", "tokenizer", "prenorm_pretrained")
@@ -157,9 +161,13 @@ def test_pipeline_returns_label_names_and_official_probabilities(folders, offici
 def test_folder_is_a_complete_repository(name, folders):
     folder = folders[name]
     kind = {"prenorm_pretrained": "pretrained"}.get(name, name)
-    assert {path.name for path in folder.iterdir()} == {
-        "config.json", "model.safetensors", "preprocessor_config.json", "README.md", *SHIPPED_FILES
-    }  # fmt: skip
+    written = {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", *SHIPPED_FILES}
+    assert {path.name for path in folder.iterdir()} == written | {MANIFEST}
+    recorded = json.loads((folder / MANIFEST).read_text())["files"]  # the converter's record of what it wrote
+    for name in written:
+        data = (folder / name).read_bytes()
+        assert recorded.pop(name) == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert recorded == {}
     package_dir = Path(beats_hf.__file__).parent
     for file_name in SHIPPED_FILES:
         assert (folder / file_name).read_bytes() == (package_dir / file_name).read_bytes()
@@ -170,8 +178,18 @@ def test_folder_is_a_complete_repository(name, folders):
     assert not list(folder.parent.glob(".*")), "a staging folder was left behind"
 
 
+def test_written_files_hold_no_local_path(folders):
+    """Model card, configs and the record are published as they are: no absolute path of the machine that converted."""
+    root = next(iter(folders.values())).parent
+    local_paths = {str(root).encode(), str(root.resolve()).encode(), str(REPO_ROOT).encode()}
+    for folder in folders.values():
+        for path in folder.iterdir():
+            data = path.read_bytes()
+            assert not [local for local in local_paths if local in data], path
+
+
 @pytest.mark.parametrize("name", REFERENCES)
-def test_model_card_front_matter_and_usage_snippet(name, folders, capsys):
+def test_model_card_front_matter_and_usage_snippet(name, folders, capsys, monkeypatch):
     card = ModelCard.load(folders[name] / "README.md")
     kind = {"prenorm_pretrained": "pretrained"}.get(name, name)
     assert card.data.license == "mit" and card.data.library_name == "transformers"
@@ -182,8 +200,9 @@ def test_model_card_front_matter_and_usage_snippet(name, folders, capsys):
     assert "padding" in card.text.lower() and "@inproceedings{chen2023beats" in card.text
 
     snippet = re.search(r"```python\n(.*?)```", card.text, re.DOTALL).group(1)
-    assert str(folders[name]) in snippet and "trust_remote_code=True" in snippet
+    assert f'repo = "{name}"  # this folder' in snippet and "trust_remote_code=True" in snippet
     capsys.readouterr()
+    monkeypatch.chdir(folders[name].parent)  # the snippet loads the folder by its name, as the card says
     exec(compile(snippet, "README.md", "exec"), {"__name__": "__main__"})  # the snippet must work as written
     printed = capsys.readouterr().out
     if kind == "finetuned":
@@ -409,7 +428,7 @@ def test_output_folder_policy(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     assert convert(good, foreign) == 1
-    assert "left untouched" in capsys.readouterr().err
+    assert f"no valid {MANIFEST}" in capsys.readouterr().err
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
     target = tmp_path / "model"
@@ -421,6 +440,156 @@ def test_output_folder_policy(tmp_path, capsys):
     assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", target) == 0
     assert json.loads((target / "config.json").read_text())["architectures"] == ["BeatsForAudioClassification"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pt", "foreign", "model"]  # no staging leftovers
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in folder.rglob("*")}
+
+
+def refused(capsys, folder: Path, *names: str) -> str:
+    """The one-line refusal for `folder`, checked to name each of `names`."""
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{folder} holds files beats_hf did not write" in error, error
+    assert "left untouched" in error and all(name in error for name in names), (names, error)
+    return error
+
+
+def test_a_finetuning_output_folder_is_never_replaced(tmp_path, capsys):
+    """Before the record, a config.json with a beats_hf model_type was enough to have a folder replaced."""
+    run = tmp_path / "run"
+    (run / "checkpoint-500").mkdir(parents=True)
+    (run / "checkpoint-500" / "optimizer.pt").write_bytes(b"optimizer state")
+    (run / "config.json").write_text(json.dumps({"model_type": "beats_hf"}))
+    (run / "trainer_state.json").write_text("{}")
+    (run / "all_results.json").write_text('{"eval_accuracy": 0.9}')
+    before = snapshot(run)
+    assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", run) == 1
+    refused(capsys, run, f"no valid {MANIFEST}", "checkpoint-500/", "trainer_state.json", "all_results.json")
+    assert snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no work folder left either
+
+
+def test_files_added_to_or_changed_in_a_conversion_folder_are_never_replaced(tmp_path, capsys):
+    good = OFFICIAL_TINY / "tiny_pretrained.pt"
+    target = tmp_path / "model"
+    assert convert(good, target) == 0
+    assert oct(target.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # a plain folder, not a private temp one
+
+    (target / "notes.txt").write_text("my notes")
+    (target / "eval").mkdir()
+    before = snapshot(target)
+    assert convert(good, target) == 1
+    refused(capsys, target, ": eval/, notes.txt;")
+    assert snapshot(target) == before
+    (target / "notes.txt").unlink()
+    (target / "eval").rmdir()
+
+    card = (target / "README.md").read_text()
+    (target / "README.md").write_text(card + "\nMy evaluation: ...\n")
+    assert convert(good, target) == 1
+    refused(capsys, target, "README.md (changed since beats_hf wrote it)")
+    assert (target / "README.md").read_text().endswith("My evaluation: ...\n")
+
+    (target / "README.md").write_text(card)
+    record = (target / MANIFEST).read_bytes()
+    (target / MANIFEST).unlink()
+    assert convert(good, target) == 1
+    refused(capsys, target, f"no valid {MANIFEST}", "README.md", "model.safetensors")
+
+    (target / MANIFEST).write_bytes(record)  # with its record back, the unchanged folder is the converter's again
+    (target / "model.safetensors").unlink()  # deleting one of its files takes nothing from the user
+    assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", target) == 0
+    assert json.loads((target / "config.json").read_text())["architectures"] == ["BeatsForAudioClassification"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# Run in a child process: a conversion that SIGKILLs itself at `moment`, as a user's kill or a crash would end it.
+KILLED_CONVERSION = """
+import os, pathlib, signal, sys
+import conversion.publishing
+from conversion.convert_beats_original_to_hf import main
+
+moment, source, target = sys.argv[1:]
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if moment == "verify":  # the new folder is fully written in the work folder, the target not yet touched
+    conversion.publishing.verify_folder = die
+elif moment == "swap":  # the earlier conversion was just moved aside, the new one not yet in place
+    rename = pathlib.Path.rename
+    def rename_then_die(self, destination):
+        result = rename(self, destination)
+        if pathlib.Path(destination).name == "old":
+            die()
+        return result
+    pathlib.Path.rename = rename_then_die
+main(["--checkpoint_path", source, "--pytorch_dump_folder_path", target])
+"""
+
+
+def killed_conversion(moment: str, source: Path, target: Path) -> Path:
+    """Convert `source` into `target` in a child process killed at `moment`; returns the work folder it left."""
+    pythonpath = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+    process = subprocess.run([sys.executable, "-c", KILLED_CONVERSION, moment, str(source), str(target)],
+                             env={**os.environ, "PYTHONPATH": pythonpath}, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert process.returncode == -9, process.stderr[-3000:]
+    (work,) = target.parent.glob(f".{target.name}.partial-*")
+    return work
+
+
+def test_next_conversion_removes_its_own_stale_work_folders_only(tmp_path, capsys):
+    target = tmp_path / "model"
+    assert convert(OFFICIAL_TINY / "tiny_pretrained.pt", target) == 0
+    before = snapshot(target)
+    stale = killed_conversion("verify", OFFICIAL_TINY / "tiny_finetuned.pt", target)
+    assert snapshot(target) == before and (stale / "new" / "model.safetensors").is_file()
+
+    unmarked = tmp_path / ".model.partial-mine"  # our name pattern, but nothing says it is ours
+    shutil.copytree(stale / "new", unmarked)
+    others = []  # killed conversions to other targets, one of them named with our prefix
+    for other_target in ("other", "model.partial-v2"):
+        others.append(tmp_path / f".{other_target}.partial-abc")
+        shutil.copytree(stale, others[-1])
+        marker = {"written_by": "beats_hf conversion", "target": other_target}
+        (others[-1] / PARTIAL_MARKER).write_text(json.dumps(marker))
+    running = tmp_path / ".model.partial-running"  # a conversion that is still running holds the marker's lock
+    shutil.copytree(stale, running)
+    kept = {folder: snapshot(folder) for folder in (unmarked, *others, running)}
+
+    with open(running / PARTIAL_MARKER) as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", target) == 0
+    assert not stale.exists()
+    assert {folder: snapshot(folder) for folder in kept} == kept
+    assert json.loads((target / "config.json").read_text())["architectures"] == ["BeatsForAudioClassification"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", *(folder.name for folder in kept)])
+
+
+def test_a_kill_while_swapping_folders_loses_no_conversion(tmp_path, monkeypatch, capsys):
+    """Killed between moving the earlier conversion aside and renaming the new one into place: the next conversion
+    puts the earlier one back before anything else, so even a failing one leaves it as it was."""
+    import conversion.publishing
+
+    target = tmp_path / "model"
+    assert convert(OFFICIAL_TINY / "tiny_pretrained.pt", target) == 0
+    before = snapshot(target)
+    stale = killed_conversion("swap", OFFICIAL_TINY / "tiny_finetuned.pt", target)
+    assert not target.exists() and snapshot(stale / "old") == before  # the moment this test is about
+
+    def failing_check(folder, kind, check):
+        raise ConversionError("the saved model does not reproduce the outputs of the converted model.")
+
+    monkeypatch.setattr(conversion.publishing, "verify_folder", failing_check)
+    assert convert(OFFICIAL_TINY / "tiny_finetuned.pt", target) == 1
+    assert snapshot(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_failure_while_writing_leaves_no_half_written_folder(tmp_path, monkeypatch, capsys):
@@ -452,3 +621,10 @@ def test_script_runs_from_any_directory_and_fails_without_traceback(tmp_path):
     bad = subprocess.run([*run, "--checkpoint_path", str(tmp_path / "nope.pt")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+def test_replace_hub_files_needs_push_to_hub(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert(OFFICIAL_TINY / "tiny_tokenizer.pt", tmp_path / "out", "--replace_hub_files")
+    assert exit_info.value.code == 2
+    assert "--replace_hub_files only applies with --push_to_hub" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

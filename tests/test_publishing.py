@@ -1,9 +1,10 @@
 """Publishing to the Hub, end to end, against the local Hub-protocol server (tests/hub_server.py).
 
-The converter pushes the fine-tuned reference checkpoint; then fresh Python processes in which `import beats_hf` fails
-load it by repo id with `trust_remote_code=True` (model, feature extractor, pipeline, the model card's own snippet) and
-must give the official probabilities (from raw audio: to the model's tolerance plus the fbank's float32 rounding
-carried through the model); after `snapshot_download` the same works with HF_HUB_OFFLINE=1 and no request.
+The converter pushes the fine-tuned reference checkpoint over a repository holding an earlier push and a colleague's
+file; then fresh Python processes in which `import beats_hf` fails load it by repo id with `trust_remote_code=True`
+(model, feature extractor, pipeline, the model card's own snippet) and must give the official probabilities (from raw
+audio: to the model's tolerance plus the fbank's float32 rounding carried through the model); after
+`snapshot_download` the same works with HF_HUB_OFFLINE=1 and no request.
 """
 
 import json
@@ -18,13 +19,15 @@ from fbank_rounding import probability_tolerance
 from hub_server import local_hub
 
 from conversion.beats_conversion import convert_checkpoint
-from conversion.publishing import CONFIG_AUTO_MAPS, SHIPPED_FILES
+from conversion.publishing import CONFIG_AUTO_MAPS, MANIFEST, SHIPPED_FILES, write_manifest
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_beats_original_to_hf.py"
 REPO_ID = "user/beats-tiny-finetuned"
 PROBABILITY_ATOL = 1e-5
 REPOSITORY_FILES = {".gitattributes", "config.json", "model.safetensors", "preprocessor_config.json", "README.md",
-                    *SHIPPED_FILES}  # fmt: skip
+                    MANIFEST, *SHIPPED_FILES}  # fmt: skip
+KEPT = "kept in the repository (not written by beats_hf, or changed since; --replace_hub_files deletes them): "
+COLLEAGUE_NOTES = b"# Notes\nEvaluated on our own data: see the discussion.\n"
 
 # Prepended to every client process: beats_hf cannot be imported there, whatever sys.path holds.
 BLOCK_BEATS_HF = """
@@ -105,18 +108,35 @@ def run_client(env: dict, cwd, mode: str) -> dict:
     return json.loads(result_path.read_text())
 
 
+def earlier_push(hub, repo_id: str, work, recorded: dict[str, bytes], others: dict[str, bytes]) -> None:
+    """Make `repo_id` hold an earlier push of `recorded` (files with the converter's record, as an earlier beats_hf
+    version that wrote them would have pushed them), then `others` uploaded by a colleague (new files or changes)."""
+    folder = work / f"earlier-{repo_id.replace('/', '-')}"
+    folder.mkdir()
+    for name, data in recorded.items():
+        (folder / name).write_bytes(data)
+    write_manifest(folder)
+    # In a client process: huggingface_hub reads HF_HUB_DISABLE_XET at import, so this process's client would use Xet.
+    code = (
+        "import sys; from huggingface_hub import HfApi; api = HfApi(); repo, folder = sys.argv[1:3]\n"
+        "api.create_repo(repo); api.upload_folder(repo_id=repo, folder_path=folder)\n"
+        "for name, data in eval(sys.argv[3]).items():\n"
+        "    api.upload_file(path_or_fileobj=data, path_in_repo=name, repo_id=repo)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, repo_id, str(folder), repr(others)], env=hub.env(work), check=True,
+                   timeout=120)  # fmt: skip
+    assert set(recorded) | set(others) | {MANIFEST} <= set(hub.files(repo_id))
+
+
 @pytest.fixture(scope="module")
 def published(hub, tmp_path_factory):
-    """Push the fine-tuned reference over a repo holding a stale file, then load it online and offline."""
+    """Push the fine-tuned reference over a repo holding an earlier push and a colleague's notes, then load it online
+    and offline."""
     work = tmp_path_factory.mktemp("publish")
     env = hub.env(work)
-    # In a client process: huggingface_hub reads HF_HUB_DISABLE_XET at import, so this process's client would use Xet.
-    stale_upload = (
-        f"from huggingface_hub import HfApi; api = HfApi(); api.create_repo({REPO_ID!r}); "
-        f"api.upload_file(path_or_fileobj=b'old', path_in_repo='pytorch_model.bin', repo_id={REPO_ID!r})"
-    )
-    subprocess.run([sys.executable, "-c", stale_upload], env=env, check=True, timeout=120)
-    assert "pytorch_model.bin" in hub.files(REPO_ID)
+    # The earlier push wrote weights under the old name, and a small file (the Hub stores the two differently).
+    earlier = {"pytorch_model.bin": b"old weights", "generation_config.json": b"{}"}
+    earlier_push(hub, REPO_ID, work, recorded=earlier, others={"notes.md": COLLEAGUE_NOTES})
 
     args = ["--checkpoint_path", str(OFFICIAL_TINY / "tiny_finetuned.pt"), "--pytorch_dump_folder_path",
             str(work / "converted"), "--push_to_hub", REPO_ID]  # fmt: skip
@@ -127,7 +147,8 @@ def published(hub, tmp_path_factory):
     online = run_client(env, work, "online")
     requests_before = len(hub.requests)
     offline = run_client({**env, "HF_HUB_OFFLINE": "1"}, work, "offline")
-    return {"online": online, "offline": offline, "offline_requests": len(hub.requests) - requests_before}
+    return {"online": online, "offline": offline, "offline_requests": len(hub.requests) - requests_before,
+            "stdout": process.stdout, "work": work}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +165,18 @@ def tolerances(reference_inputs) -> dict[str, torch.Tensor]:
     return {case: probability_tolerance(model, waveform, PROBABILITY_ATOL) for case, waveform in waveforms.items()}
 
 
-def test_repository_holds_exactly_the_converted_folder(hub, published):
+def test_push_replaces_its_own_earlier_files_and_keeps_a_colleagues(hub, published):
+    """The earlier push's files that this one no longer has are the converter's own, unchanged, so they go (the
+    stale pytorch_model.bin would otherwise sit beside model.safetensors); notes.md was never the converter's."""
     files = hub.files(REPO_ID)
-    assert set(files) == REPOSITORY_FILES  # the stale pytorch_model.bin of the earlier upload is gone
+    assert set(files) == REPOSITORY_FILES | {"notes.md"} and files["notes.md"] == COLLEAGUE_NOTES
+    assert files[MANIFEST] == (published["work"] / "converted" / MANIFEST).read_bytes()
+    lines = published["stdout"].splitlines()
+    assert "deleted from the repository: generation_config.json, pytorch_model.bin" in lines
+    assert KEPT + "notes.md" in lines
+    local_paths = [str(published["work"]), str(published["work"].resolve()), str(REPO_ROOT)]
+    for name, data in files.items():  # what the Hub shows holds no path of the machine that converted
+        assert not [path for path in local_paths if path.encode() in data], name
     assert json.loads(files["config.json"])["auto_map"] == CONFIG_AUTO_MAPS["finetuned"]
     assert json.loads(files["preprocessor_config.json"])["auto_map"] == {
         "AutoFeatureExtractor": "feature_extraction_beats.BeatsFeatureExtractor"
@@ -189,7 +219,31 @@ def test_model_card_metadata_and_snippet(published):
     lines = result["snippet_output"].splitlines()
     assert len(lines) == 6 and all(line.split(": ")[0] in result["id2label"].values() for line in lines[:5])
     assert "'label':" in lines[5]
-    assert set(result["snapshot"]) == REPOSITORY_FILES
+    assert set(result["snapshot"]) == REPOSITORY_FILES | {"notes.md"}
+
+
+def test_push_keeps_changed_files_unless_told_to_replace_them(hub, tmp_path):
+    """A file the earlier push wrote but a colleague changed since is theirs now; --replace_hub_files is the way to
+    make the repository exactly the folder."""
+    repo_id = "user/beats-tiny-pretrained-shared"
+    earlier = {"pytorch_model.bin": b"old weights", "extra.json": b'{"a": 1}'}
+    changed = {"pytorch_model.bin": b"new weights", "extra.json": b'{"a": 2}', "eval/results.json": b"{}"}
+    earlier_push(hub, repo_id, tmp_path, recorded=earlier, others=changed)
+    args = ["--checkpoint_path", str(OFFICIAL_TINY / "tiny_pretrained.pt"), "--pytorch_dump_folder_path",
+            str(tmp_path / "converted"), "--push_to_hub", repo_id]  # fmt: skip
+
+    process = run_script(args, hub.env(tmp_path), tmp_path)
+    assert process.returncode == 0, process.stderr
+    files = hub.files(repo_id)
+    assert set(files) == REPOSITORY_FILES | set(changed)
+    assert all(files[name] == data for name, data in changed.items())
+    assert KEPT + "eval/results.json, extra.json, pytorch_model.bin" in process.stdout.splitlines()
+    assert "deleted from the repository" not in process.stdout
+
+    process = run_script([*args, "--replace_hub_files"], hub.env(tmp_path), tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert set(hub.files(repo_id)) == REPOSITORY_FILES
+    assert "deleted from the repository: eval/results.json, extra.json, pytorch_model.bin" in process.stdout
 
 
 def test_batch_mode_converts_and_pushes_the_good_files(hub, tmp_path):
