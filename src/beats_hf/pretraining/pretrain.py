@@ -175,8 +175,9 @@ def _clips(args: PretrainingArguments, seed: int) -> AudioClips | StreamingAudio
             range(min(args.max_train_samples, len(dataset)))
         )
     clip_class = StreamingAudioClips if args.streaming else AudioClips
+    # Items carry (epoch, index): the collator's masks are a function of them, so a resumed run continues the stream.
     return clip_class(dataset, crop_seconds=args.crop_seconds, label_column=None, audio_column=args.audio_column,
-                      seed=seed)
+                      seed=seed, return_index=True)
 
 
 def run_pretraining(
