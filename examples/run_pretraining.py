@@ -8,7 +8,8 @@
 
 `--tokenizer` is `random_projection` (iteration 1) or a saved tokenizer folder (`beats-hf train-tokenizer`). The data
 is a folder of audio files, a saved dataset or a Hub dataset id. Rerunning with the same `--output_dir` resumes from
-the last checkpoint. On several GPUs (bf16):
+the last complete checkpoint, refuses other settings (exit status 1) and does nothing once the run has finished. On
+several GPUs (bf16):
 
     accelerate launch --config_file examples/accelerate_configs/ddp_multi_gpu.yaml examples/run_pretraining.py ...
 
@@ -21,12 +22,16 @@ import sys
 from transformers import HfArgumentParser, TrainingArguments
 
 from beats_hf.pretraining.pretrain import PretrainingArguments, run_pretraining
+from beats_hf.run_folder import RunFolderError, refuse
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    metrics = run_pretraining(args, training_args)
+    try:
+        metrics = run_pretraining(args, training_args)
+    except RunFolderError as error:
+        sys.exit(refuse("run_pretraining.py", error, training_args.process_index))
     if training_args.process_index == 0:
         summary = {key: value for key, value in sorted(metrics.items()) if key.startswith(("last_", "train_"))}
         print(json.dumps(summary))

@@ -22,7 +22,7 @@ from beats_hf import (
 )
 from beats_hf.modeling_beats import patch_mask_from_frame_mask
 from beats_hf.pretraining.collator import MaskedAudioModelingCollator
-from beats_hf.pretraining.masking import compute_patch_mask, num_masked_patches
+from beats_hf.pretraining.masking import KeyedUniforms, compute_patch_mask, num_masked_patches
 
 LENGTHS = (80, 64, 37)  # frames: 40, 32 and 16 valid patches (37 frames fill 2 rows of 16)
 NUM_FRAMES = 80
@@ -155,6 +155,39 @@ def test_collator_masks_differ_between_processes_and_workers(monkeypatch):
         monkeypatch.setattr(collator_module, "_process_and_worker", lambda key=key: key)
         masks[key] = MaskedAudioModelingCollator(BeatsFeatureExtractor(), seed=0)(items)["bool_masked_pos"]
     assert not torch.equal(masks[(0, 0)], masks[(1, 0)]) and not torch.equal(masks[(0, 0)], masks[(0, 1)])
+
+
+def test_keyed_masks_are_a_function_of_each_clip_and_epoch():
+    """Items carrying (index, epoch), as `beats-hf pretrain` reads them: a clip's mask does not depend on the batch it
+    is in (so a resumed run, whose batches are the same but whose collator is new, draws the masks of an
+    uninterrupted run); it changes with the epoch and the seed."""
+    rng = np.random.default_rng(0)
+    waveforms = [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in (1.0, 0.6, 0.3)]
+
+    def masks(order, epoch=0, seed=3):
+        items = [{"waveform": waveforms[i], "index": 10 + i, "epoch": epoch} for i in order]
+        batch = MaskedAudioModelingCollator(BeatsFeatureExtractor(), seed=seed)(items)
+        valid = patch_valid_of(batch["attention_mask"])
+        return {i: batch["bool_masked_pos"][row][valid[row]] for row, i in enumerate(order)}
+
+    alone = {i: masks([i])[i] for i in range(3)}
+    for order in ([0, 1, 2], [2, 0], [1, 2, 0]):
+        for i, mask in masks(order).items():
+            assert torch.equal(mask, alone[i]), (order, i)
+    assert not torch.equal(masks([0], epoch=1)[0], alone[0]) and not torch.equal(masks([0], seed=4)[0], alone[0])
+
+
+def test_keyed_uniforms_are_uniform_and_independent():
+    keys = np.stack([np.zeros(4000, dtype=np.int64), np.arange(4000)], axis=1)
+    valid = np.zeros((4000, 24), dtype=bool)
+    valid[:, :16] = True
+    masked = compute_patch_mask(valid, 0.25, KeyedUniforms(0, keys))
+    assert np.allclose(masked[:, :16].mean(0), 0.25, atol=0.03)  # binomial sd ~0.007, as for a numpy Generator
+    draws = KeyedUniforms(1, keys).random((4000, 24))
+    assert 0.0 <= draws.min() and draws.max() < 1.0 and abs(draws.mean() - 0.5) < 0.01
+    assert abs(np.corrcoef(draws[:, 0], draws[:, 1])[0, 1]) < 0.05  # neighbouring patches
+    assert abs(np.corrcoef(draws[:-1, 0], draws[1:, 0])[0, 1]) < 0.05  # neighbouring clips
+    assert np.array_equal(KeyedUniforms(1, keys[:5]).random((5, 24)), draws[:5])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -359,9 +359,10 @@ class AudioClips(_ClipReader, torch.utils.data.Dataset):
     """Map-style dataset of mono 16 kHz clips over a `datasets.Dataset` (or any indexable of example dicts).
 
     Item `i` is `{"waveform": float32 array (num_samples,), "labels": <label_column value>}` ("labels" only when the
-    example has a non-None `label_column`; "index": i as well when `return_index=True`). The waveform is a random
-    `crop_seconds` window (whole clip when `None` or when the clip is shorter), drawn from a numpy Generator seeded
-    by `(seed, epoch, i)`: the same seed and epoch give the same crops; `seed=None` draws fresh crops every time.
+    example has a non-None `label_column`; "index": i and "epoch" as well when `return_index=True`). The waveform is a
+    random `crop_seconds` window (whole clip when `None` or when the clip is shorter), drawn from a numpy Generator
+    seeded by `(seed, epoch, i)`: the same seed and epoch give the same crops; `seed=None` draws fresh crops every
+    time.
 
     Bad examples (undecodable, empty, shorter than `min_seconds`) are counted in `skipped` and:
     - `replace_bad=True`: item `i` becomes the next readable example after it (wrapping around; known-bad indices are
@@ -417,7 +418,7 @@ class AudioClips(_ClipReader, torch.utils.data.Dataset):
         if item is None:
             self._bad_indices.add(index)
         elif self.return_index:
-            item["index"] = index
+            item["index"], item["epoch"] = index, self.epoch
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
@@ -445,7 +446,9 @@ class StreamingAudioClips(_ClipReader, torch.utils.data.IterableDataset):
 
     With `DataLoader(num_workers=N)` a `datasets.IterableDataset` source splits its shards between the workers
     (it needs `n_shards >= N`); an indexable source (`datasets.Dataset`) is split by index. For several processes
-    (DDP), split the source first with `datasets.distributed.split_dataset_by_node`.
+    (DDP), split the source first with `datasets.distributed.split_dataset_by_node`. With `return_index=True` items
+    carry "epoch" and an "index" unique within a pass: `position * num_workers + worker id`, position counting the
+    examples of this worker's share.
     """
 
     def __init__(
@@ -457,9 +460,11 @@ class StreamingAudioClips(_ClipReader, torch.utils.data.IterableDataset):
         audio_column: str = "audio",
         sampling_rate: int = SAMPLING_RATE,
         seed: int | None = 0,
+        return_index: bool = False,
     ):
         super().__init__(audio_column, label_column, crop_seconds, min_seconds, sampling_rate, seed)
         self.dataset = _undecoded(dataset, audio_column)
+        self.return_index = return_index
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -486,6 +491,8 @@ class StreamingAudioClips(_ClipReader, torch.utils.data.IterableDataset):
         for position, example in enumerate(self._examples(worker_id, num_workers)):
             item = self._read(example, f"<worker {worker_id} example {position}>", rng)
             if item is not None:
+                if self.return_index:
+                    item["index"], item["epoch"] = position * num_workers + worker_id, self.epoch
                 yield item
 
 

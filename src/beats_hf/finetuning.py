@@ -4,11 +4,15 @@ Used by `examples/run_audio_classification.py`, the demo and the iterative loop'
 mixup, SpecAugment-style time/frequency masking (both applied to the batch on the training device), layer-wise
 learning-rate decay, a frozen encoder for linear probing, a head initialised by a logistic-regression linear probe
 (LP-FT), a weighted sum of layers, and training from random initialisation (for baselines with the same budget).
+
+The output dir is a `RunFolder` (`beats_hf.run_folder`): a rerun resumes from the last complete checkpoint, refuses
+other settings, and does nothing once the run has finished.
 """
 
+import json
 import logging
-import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +22,15 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClas
 from .audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, load_audio_dataset
 from .linear_probe import initialise_head_from_linear_probe
 from .metrics import load_metric
+from .run_folder import (
+    RunFolder,
+    atomic_write_json,
+    finite_metrics,
+    path_setting,
+    train_or_restore,
+    training_length,
+    training_settings,
+)
 from .sources import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -192,8 +205,34 @@ def _subset(dataset, limit: int | None):
     return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
 
 
+# How the model is computed or loaded, not what it learns: these may change when a run is resumed.
+_FREE_MODEL_ARGUMENTS = ("trust_remote_code", "attn_implementation")
+PROBE_RESULTS = "linear_probe_results.json"
+
+
+def finetuning_settings(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> dict:
+    """The settings that define a fine-tuning run: the model and data arguments (but how the model is computed), what
+    the run does (train, evaluate) and the fixed training settings."""
+    settings = {key: value for key, value in asdict(model_args).items() if key not in _FREE_MODEL_ARGUMENTS}
+    settings.update(asdict(data_args), do_train=training_args.do_train, do_eval=training_args.do_eval)
+    settings.update(training_settings(training_args))
+    settings["model_name_or_path"] = path_setting(model_args.model_name_or_path)
+    settings["dataset"] = path_setting(data_args.dataset)
+    return settings
+
+
 def run_finetuning(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
-    """Fine-tune, evaluate and save to `training_args.output_dir`; returns the final metrics."""
+    """Fine-tune, evaluate and save to `training_args.output_dir`; returns the final metrics (the recorded ones, with
+    nothing written, when the run in that folder has already finished). Raises `RunFolderError` when the folder holds
+    another run."""
+    output_dir = training_args.output_dir
+    run = RunFolder(output_dir, "finetune", finetuning_settings(model_args, data_args, training_args),
+                    training_length(training_args))
+    start = run.prepare(training_args.resume_from_checkpoint)
+    if start.finished:
+        return start.metrics
     train_data = load_audio_dataset(data_args.dataset, split=data_args.train_split, audio_column=data_args.audio_column)
     eval_data = None
     if data_args.eval_split:
@@ -272,16 +311,24 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         layer_decay=model_args.layer_decay,
         callbacks=[ClipEpochCallback(train_clips)],
     )
+    run.begin()
     metrics = {}
-    if model_args.linear_probe_head and not training_args.resume_from_checkpoint:  # a checkpoint has its own head
+    probe_path = os.path.join(output_dir, PROBE_RESULTS)
+    if model_args.linear_probe_head and start.checkpoint is None:
         model.to(training_args.device)
         probe = initialise_head_from_linear_probe(model, train_clips, trainer.data_collator)
         metrics.update(linear_probe_weight_decay=probe.weight_decay, linear_probe_train_accuracy=probe.train_accuracy)
         if eval_clips is not None:  # the probe alone, before any fine-tuning
             metrics.update(trainer.evaluate(metric_key_prefix="linear_probe"))
+        if trainer.is_world_process_zero():  # a resumed run starts from a checkpoint's head: it keeps these scores
+            atomic_write_json(probe_path, finite_metrics(metrics), sort_keys=True)
+    elif model_args.linear_probe_head and os.path.isfile(probe_path):
+        with open(probe_path) as handle:
+            metrics.update(json.load(handle))
     if training_args.do_train or not training_args.do_eval:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        metrics.update(result.metrics)
+        if start.checkpoint and trainer.is_world_process_zero():
+            print(f"fine-tuning {output_dir}: resuming from {start.checkpoint}", flush=True)
+        metrics.update(train_or_restore(trainer, start.checkpoint, run.length))
         trainer.save_model()
         trainer.save_state()
     if eval_clips is not None:
@@ -289,10 +336,13 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         metrics["eval_unreadable_files_left_out"] = sum(eval_clips.dropped.values())
     if training_args.dataloader_num_workers == 0:  # with workers, each worker counts in its own copy
         metrics["train_unreadable_files_replaced"] = train_clips.skipped
-    trainer.save_metrics("all", {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+    if trainer.is_world_process_zero():
+        numbers = {key: value for key, value in finite_metrics(metrics).items() if not isinstance(value, str)}
+        atomic_write_json(os.path.join(output_dir, "all_results.json"), numbers, sort_keys=True)
     if training_args.push_to_hub:
         trainer.push_to_hub()
+    run.finish(metrics)
     return metrics
 
 
-__all__ = ["ModelArguments", "DataArguments", "AudioClassificationTrainer", "run_finetuning"]
+__all__ = ["ModelArguments", "DataArguments", "AudioClassificationTrainer", "finetuning_settings", "run_finetuning"]

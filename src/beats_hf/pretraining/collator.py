@@ -8,7 +8,7 @@ import torch
 
 from ..audio_data import AudioFeatureCollator
 from ..modeling_beats import patch_mask_from_frame_mask
-from .masking import compute_patch_mask
+from .masking import KeyedUniforms, compute_patch_mask
 
 
 def _process_and_worker() -> tuple[int, int]:
@@ -22,16 +22,18 @@ class MaskedAudioModelingCollator:
     """Turns `AudioClips` items into `input_features`, `attention_mask` and `bool_masked_pos` (bool, (batch, patches)).
 
     A patch is valid only if all its `patch_size` frames are real; masks are drawn among valid patches only
-    ([`compute_patch_mask`]). The masks come from a numpy Generator seeded by `(seed, rank, worker id)`, created in
-    the process that collates, so a run with the same seed, processes and workers draws the same masks. (Resuming
-    from a checkpoint restarts the mask stream; the model weights and data order are restored by Trainer.)
+    ([`compute_patch_mask`]). When the items carry their `index` and `epoch` (`AudioClips(return_index=True)`, as
+    `beats-hf pretrain` reads them), each clip's mask is a function of `(seed, epoch, index)` ([`KeyedUniforms`]): the
+    same whichever batch, process or worker draws it, so a run resumed from a checkpoint continues the mask stream of
+    an uninterrupted run. Items without an index (a plain list of waveforms) get masks from a numpy Generator seeded by
+    `(seed, rank, worker id)`, a stream that starts again with every process.
 
     Args:
         feature_extractor: a [`BeatsFeatureExtractor`] (or anything `AudioFeatureCollator` accepts).
         mask_ratio: share of each clip's valid patches to mask.
         patch_size: frames (and mel bins) per patch side.
         num_frequency_patches: patches per row of `patch_size` frames (`num_mel_bins // patch_size`).
-        seed: seed of the masks; `None` draws fresh masks every run.
+        seed: seed of the masks; `None` draws fresh masks every run (the seed is drawn when the collator is made).
     """
 
     def __init__(
@@ -48,14 +50,14 @@ class MaskedAudioModelingCollator:
         self.mask_ratio = mask_ratio
         self.patch_size = patch_size
         self.num_frequency_patches = num_frequency_patches
-        self.seed = seed
+        # A drawn seed for `None`, so that keyed masks stay a function of the clip within this run.
+        self.seed = seed if seed is not None else int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
         self._generators: dict[tuple[int, int], np.random.Generator] = {}
 
     def _generator(self) -> np.random.Generator:
         key = _process_and_worker()
         if key not in self._generators:
-            entropy = None if self.seed is None else [int(self.seed), *key]
-            self._generators[key] = np.random.default_rng(entropy)
+            self._generators[key] = np.random.default_rng([int(self.seed), *key])
         return self._generators[key]
 
     def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, torch.Tensor]:
@@ -63,12 +65,18 @@ class MaskedAudioModelingCollator:
         if not batch:
             return batch
         batch.pop("labels", None)  # class labels of the dataset, if any: pre-training makes its own targets
+        indices = batch.pop("index", None)
         features = batch["input_features"]
         attention_mask = batch.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones(features.shape[:2], dtype=torch.long)
         patch_valid = patch_mask_from_frame_mask(attention_mask, self.patch_size, self.num_frequency_patches)
-        masked = compute_patch_mask(patch_valid.numpy(), self.mask_ratio, self._generator())
+        if indices is not None:
+            epochs = [int(item.get("epoch", 0)) for item in items if item is not None]
+            draw = KeyedUniforms(self.seed, np.stack([np.asarray(epochs, dtype=np.int64), indices.numpy()], axis=1))
+        else:
+            draw = self._generator()
+        masked = compute_patch_mask(patch_valid.numpy(), self.mask_ratio, draw)
         batch["bool_masked_pos"] = torch.from_numpy(masked)
         return batch
 

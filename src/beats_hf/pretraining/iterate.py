@@ -7,20 +7,23 @@ Iteration 1 labels patches with a random-projection tokenizer and pre-trains a s
 first distils a tokenizer from the iteration k-1 student (optionally fine-tuned on labelled data first, the paper's
 "iter3+" recipe), then pre-trains a new student on its labels. The output folder:
 
-    OUT/iterations.json               manifest: settings, and per stage its status, times, inputs and final metrics
+    OUT/beats_hf_run.json             the run record (`beats_hf.run_folder`): settings, status
+    OUT/iterations.json               manifest: per stage its status, times, inputs and final metrics
     OUT/iteration_1/tokenizer/        random-projection tokenizer (+ feature extractor)
     OUT/iteration_1/ssl/              student (save_pretrained + feature extractor + trainer_state.json)
     OUT/iteration_k/teacher/          (with --teacher_finetuned_on) the iteration k-1 student fine-tuned on the labels
     OUT/iteration_k/tokenizer/        tokenizer distilled from the teacher (+ feature extractor, trainer_state.json)
     OUT/iteration_k/ssl/              student trained on that tokenizer's labels
 
-A stage trains in `<stage>.work/` (its `checkpoint-N/` folders) and its final folder appears, by an atomic rename,
-only when it has finished; the manifest is rewritten atomically after every stage. Running the same command again
-skips finished stages, resumes an interrupted one from its last checkpoint and never overwrites a finished folder.
-The work folders are deleted once their stage has finished unless `--keep_checkpoints` is given.
-
-Test hook: with `BEATS_HF_ITERATE_KILL_AFTER_SAVE=<stage>` (e.g. `iteration_2/ssl`) the process kills itself with
-SIGKILL right after that stage's first checkpoint is written, to test resumption.
+A stage trains in `<stage>.work/` (its own run folder, with its `checkpoint-N/` folders) and its final folder appears,
+by an atomic rename, only when it has finished; the manifest is rewritten atomically after every stage. `OUT` is a
+`RunFolder` (`beats_hf.run_folder`, record `OUT/beats_hf_run.json`): running the same command again skips finished
+stages, resumes an interrupted one from its last complete checkpoint and never overwrites a finished folder; once every
+stage has finished it says that the run is complete and writes nothing. A rerun with settings that define the stages
+(`FIXED_SETTINGS` and the fixed training settings) changed is refused; `--iterations` may grow (the loop continues),
+`--max_steps`, `--tokenizer_max_steps` and `--teacher_max_steps` apply to the stages not finished yet, and
+`--keep_checkpoints` may change. The work folders are deleted once their stage has finished unless `--keep_checkpoints`
+is given.
 """
 
 import dataclasses
@@ -28,17 +31,27 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from ..configuration_beats import BeatsRandomProjectionConfig
 from ..feature_extraction_beats import BeatsFeatureExtractor
 from ..modeling_beats import BeatsRandomProjectionForAudioTokenization
+from ..run_folder import (
+    RECORD_NAME,
+    RunFolder,
+    RunFolderError,
+    atomic_write_json,
+    checkpoint_folders,
+    last_complete_checkpoint,
+    path_setting,
+    refuse,
+    training_settings,
+)
 from .pretrain import (
     PRESETS,
     TOKENIZER_PRESETS,
@@ -49,10 +62,10 @@ from .pretrain import (
 )
 
 MANIFEST = "iterations.json"
-KILL_HOOK = "BEATS_HF_ITERATE_KILL_AFTER_SAVE"
-# Settings that define what the stages compute: a rerun with other values would mix incompatible models.
-FIXED_SETTINGS = ("data", "model_preset", "seed", "crop_seconds", "mask_ratio", "teacher_finetuned_on", "split",
-                  "audio_column", "max_train_samples")
+# Settings that define what the stages compute: a rerun with other values would mix incompatible models. The fixed
+# TrainingArguments (seed, learning rate, ...; `run_folder.training_settings`) are checked too.
+FIXED_SETTINGS = ("data", "model_preset", "crop_seconds", "mask_ratio", "teacher_finetuned_on", "split",
+                  "audio_column", "max_train_samples", "tokenizer_restart_dead_codes_after")
 
 
 @dataclass
@@ -94,15 +107,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write_json(path: str, payload: dict) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def plan_stages(iterations: int, finetune_teacher: bool) -> list[Stage]:
     """The stages of `iterations` iterations, in order, with the folders each one reads."""
     stages = []
@@ -117,13 +121,6 @@ def plan_stages(iterations: int, finetune_teacher: bool) -> list[Stage]:
             stages.append(Stage(f"iteration_{k}/tokenizer", k, "tokenizer", {"teacher": teacher}))
         stages.append(Stage(f"iteration_{k}/ssl", k, "ssl", {"tokenizer": f"iteration_{k}/tokenizer"}))
     return stages
-
-
-class _KillAfterSave(TrainerCallback):
-    """Test hook: SIGKILL this process once a checkpoint is on disk (see the module docstring)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class IterativePretraining:
@@ -146,31 +143,33 @@ class IterativePretraining:
     # -- manifest -----------------------------------------------------------------------------------------------------
 
     def settings(self) -> dict:
-        settings = {name: getattr(self.args, name) for name in FIXED_SETTINGS if hasattr(self.args, name)}
-        settings["seed"] = self.training_args.seed
-        return settings
+        settings = {name: getattr(self.args, name) for name in FIXED_SETTINGS}
+        settings["data"] = path_setting(self.args.data)
+        settings["teacher_finetuned_on"] = path_setting(self.args.teacher_finetuned_on)
+        return {**settings, **training_settings(self.training_args)}
 
-    def load_manifest(self) -> dict:
-        settings = self.settings()
+    def run_folder(self) -> RunFolder:
+        return RunFolder(self.output_dir, "iterate", self.settings(), ("iterations", self.args.iterations),
+                         trains_with_checkpoints=False, progress=self.has_progress)
+
+    def has_progress(self) -> bool:
+        """A finished stage, or a checkpoint of an unfinished one: what other settings would mix with."""
+        stages = self.read_manifest().get("stages", {})
+        return any(entry.get("status") == "complete" for entry in stages.values()) or any(
+            checkpoint_folders(os.path.join(self.output_dir, f"{stage.name}.work")) for stage in self.stages
+        )
+
+    def read_manifest(self) -> dict:
         if not os.path.exists(self.manifest_path):
-            return {"format_version": 1, "created_at": _now(), "settings": settings, "stages": {}}
+            return {"format_version": 1, "created_at": _now(), "stages": {}}
         with open(self.manifest_path) as handle:
-            manifest = json.load(handle)
-        changed = {name: (manifest["settings"].get(name), value) for name, value in settings.items()
-                   if manifest["settings"].get(name) != value}
-        if changed:
-            details = ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changed.items())
-            raise ValueError(
-                f"{self.manifest_path} was made with other settings ({details}). Use another --output_dir, or the "
-                "same settings to resume."
-            )
-        return manifest
+            return json.load(handle)
 
     def save_manifest(self, manifest: dict) -> None:
         if self.state.is_main_process:
             manifest["iterations"] = max(self.args.iterations, manifest.get("iterations", 0))
             manifest["updated_at"] = _now()
-            _atomic_write_json(self.manifest_path, manifest)
+            atomic_write_json(self.manifest_path, manifest)
 
     # -- stages -------------------------------------------------------------------------------------------------------
 
@@ -200,8 +199,9 @@ class IterativePretraining:
             audio_column=self.args.audio_column,
             max_train_samples=self.args.max_train_samples,
         )
-        training_args = self.stage_training_args(stage, work_dir, None)
-        return run_pretraining(args, training_args, final_dir, self._callbacks(stage))
+        metrics = run_pretraining(args, self.stage_training_args(stage, work_dir, None))
+        self._copy_final_files(work_dir, final_dir)
+        return metrics
 
     def run_tokenizer(self, stage: Stage, work_dir: str, final_dir: str) -> dict:
         from .train_tokenizer import run_tokenizer_training
@@ -220,7 +220,6 @@ class IterativePretraining:
             audio_column=self.args.audio_column,
             max_train_samples=self.args.max_train_samples,
             restart_dead_codes_after=self.args.tokenizer_restart_dead_codes_after,
-            callbacks=self._callbacks(stage),
         )
         self._copy_final_files(work_dir, final_dir)
         metrics.pop("tokenizer_dir", None)  # the work folder, deleted once the stage is done
@@ -234,23 +233,18 @@ class IterativePretraining:
             dataset=self.args.teacher_finetuned_on, eval_split=None, max_length_seconds=self.args.crop_seconds
         )
         training_args = self.stage_training_args(stage, work_dir, self.args.teacher_max_steps)
-        training_args.resume_from_checkpoint = _last_checkpoint(work_dir)
         metrics = run_finetuning(model_args, data_args, training_args)
         self._copy_final_files(work_dir, final_dir)
         return metrics
 
     def _copy_final_files(self, work_dir: str, final_dir: str) -> None:
-        """The trainers that save into their output dir: the stage's final folder gets those files, not the
-        checkpoints."""
+        """The stage's final folder gets the files its run saved into the work folder: not the checkpoints, and not
+        the work folder's run record."""
         if self.state.is_main_process:
             os.makedirs(final_dir, exist_ok=True)
             for name in os.listdir(work_dir):
-                if os.path.isfile(os.path.join(work_dir, name)):
+                if os.path.isfile(os.path.join(work_dir, name)) and name != RECORD_NAME:
                     shutil.copy2(os.path.join(work_dir, name), os.path.join(final_dir, name))
-
-    @staticmethod
-    def _callbacks(stage: Stage) -> list:
-        return [_KillAfterSave()] if os.environ.get(KILL_HOOK) == stage.name else []
 
     def run_stage(self, stage: Stage, manifest: dict, position: str) -> None:
         final_dir = os.path.join(self.output_dir, stage.name)
@@ -268,6 +262,12 @@ class IterativePretraining:
         if os.path.isdir(final_dir):
             # Renamed into place but the manifest was not updated (killed in between): the folder is complete.
             entry.update(status="complete", recovered_at=_now())
+            results = os.path.join(final_dir, "train_results.json")
+            if os.path.isfile(results):
+                with open(results) as handle:
+                    entry["metrics"] = json.load(handle)
+            if self.state.is_main_process and not self.args.keep_checkpoints and os.path.isdir(work_dir):
+                shutil.rmtree(work_dir)  # the stage's own work folder, perhaps half deleted when the kill came
             manifest["stages"][stage.name] = entry
             self.save_manifest(manifest)
             self._print(f"{label} found finished in {stage.name}, recorded")
@@ -282,7 +282,7 @@ class IterativePretraining:
             "status": "running",
             "started_at": _now(),
             "attempts": entry.get("attempts", 0) + 1,
-            "resumed_from": _last_checkpoint(work_dir),
+            "resumed_from": last_complete_checkpoint(work_dir),
             "max_steps": self._max_steps(stage),
         }
         manifest["stages"][stage.name] = entry
@@ -336,24 +336,22 @@ class IterativePretraining:
             print(message, flush=True)
 
     def run(self) -> dict:
-        """Runs (or resumes) every stage; returns the manifest."""
-        if self.state.is_main_process:
-            os.makedirs(self.output_dir, exist_ok=True)
-        self.state.wait_for_everyone()
-        manifest = self.load_manifest()
+        """Runs (or resumes) every stage; returns the manifest. Raises `RunFolderError` when the output folder holds
+        a run with other settings."""
+        run = self.run_folder()
+        if run.prepare().finished:
+            return self.read_manifest()
+        run.begin()
+        manifest = self.read_manifest()
         self.save_manifest(manifest)
         started = time.time()
         for index, stage in enumerate(self.stages, start=1):
             self.run_stage(stage, manifest, f"stage {index}/{len(self.stages)}")
         elapsed = time.time() - started
         self._print(f"all {self.args.iterations} iteration(s) done in {elapsed:.0f} s: {self.output_dir}")
+        last = manifest["stages"][self.stages[-1].name]
+        run.finish({"stages": len(self.stages), **last.get("metrics", {})})
         return manifest
-
-
-def _last_checkpoint(folder: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(folder) if os.path.isdir(folder) else None
 
 
 def run_iterations(args: IterateArguments, training_args: TrainingArguments) -> dict:
@@ -366,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((IterateArguments, TrainingArguments))
     require_output_dir(parser, argv)
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    run_iterations(args, training_args)
+    try:
+        run_iterations(args, training_args)
+    except RunFolderError as error:
+        return refuse("beats-hf iterate", error, training_args.process_index)
     return 0
 
 

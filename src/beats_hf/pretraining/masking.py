@@ -13,6 +13,47 @@ def num_masked_patches(num_valid: np.ndarray, mask_ratio: float) -> np.ndarray:
     return np.where(num_valid >= 2, np.clip(wanted, 1, np.maximum(num_valid - 1, 1)), 0)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: a bijection of uint64 whose outputs look independent for successive inputs."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class KeyedUniforms:
+    """Uniform numbers in [0, 1) that are a fixed function of `(seed, key of the row, column)`, drawn for a whole batch
+    with array operations (SplitMix64). Pass it to `compute_patch_mask` as `rng`: row i of `random(shape)` depends on
+    `keys[i]` only, so a clip gets the same mask whichever batch, process, worker or resumed run draws it.
+
+    Args:
+        seed: the seed of the stream.
+        keys: int `(batch, k)`: what identifies each row, e.g. (epoch, clip index).
+    """
+
+    def __init__(self, seed: int, keys: np.ndarray):
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.ndim != 2:
+            raise ValueError(f"keys must be (batch, k), got shape {keys.shape}.")
+        with np.errstate(over="ignore"):
+            state = _mix64(np.full(keys.shape[0], int(seed) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64) + _GOLDEN)
+            for column in keys.T.astype(np.uint64):
+                state = _mix64((state ^ column) + _GOLDEN)
+        self.row_states = state
+
+    def random(self, shape: tuple[int, int]) -> np.ndarray:
+        rows, columns = shape
+        if rows != self.row_states.shape[0]:
+            raise ValueError(f"{self.row_states.shape[0]} keys for {rows} rows.")
+        with np.errstate(over="ignore"):
+            counters = np.arange(1, columns + 1, dtype=np.uint64) * _GOLDEN
+            bits = _mix64(self.row_states[:, None] + counters[None, :])
+        return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
     """Random patch masking (the paper's 75 % recipe): for each clip, `num_masked_patches` patches drawn uniformly
     without replacement among its valid patches.
@@ -20,7 +61,8 @@ def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.rando
     Args:
         patch_valid: bool `(batch, patches)`, True for real (not padded) patches.
         mask_ratio: share of each clip's valid patches to mask, in (0, 1).
-        rng: the generator that draws the masks; the same seed gives the same masks.
+        rng: what draws the masks (anything with `random(shape)`: a numpy Generator, or `KeyedUniforms` for masks that
+            are a function of each clip's key); the same seed gives the same masks.
 
     Returns:
         bool `(batch, patches)`, True for masked patches; always False at padded patches.
@@ -38,4 +80,4 @@ def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.rando
     return (ranks < num_masked[:, None]) & patch_valid
 
 
-__all__ = ["compute_patch_mask", "num_masked_patches"]
+__all__ = ["KeyedUniforms", "compute_patch_mask", "num_masked_patches"]

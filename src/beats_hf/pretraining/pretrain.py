@@ -9,27 +9,37 @@ Trainer, never part of the saved student.
         --max_steps 1000 --per_device_train_batch_size 8 --learning_rate 5e-4 --save_steps 200 [trainer args]
 
 Works unchanged under `accelerate launch` / `torchrun`. Rerunning with the same `--output_dir` resumes from its last
-`checkpoint-N` folder. The finished folder holds the student (`save_pretrained`), the feature extractor and
-`trainer_state.json`; `AutoModel.from_pretrained(OUT)` gives its encoder.
+complete `checkpoint-N` folder, refuses other settings and does nothing once the run has finished
+(`beats_hf.run_folder`). The finished folder holds the student (`save_pretrained`), the feature extractor,
+`trainer_state.json` and `train_results.json`; `AutoModel.from_pretrained(OUT)` gives its encoder.
 """
 
 import json
 import logging
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from transformers import AutoModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..audio_data import AudioClips, ClipEpochCallback, StreamingAudioClips, load_audio_dataset
 from ..configuration_beats import BeatsConfig, BeatsRandomProjectionConfig
 from ..feature_extraction_beats import BeatsFeatureExtractor
 from ..modeling_beats import BeatsForMaskedAudioModeling, BeatsRandomProjectionForAudioTokenization
+from ..run_folder import (
+    RunFolder,
+    RunFolderError,
+    atomic_write_json,
+    finite_metrics,
+    path_setting,
+    refuse,
+    train_or_restore,
+    training_length,
+    training_settings,
+)
 from .collator import MaskedAudioModelingCollator
 
 logger = logging.getLogger(__name__)
@@ -175,22 +185,31 @@ def _clips(args: PretrainingArguments, seed: int) -> AudioClips | StreamingAudio
             range(min(args.max_train_samples, len(dataset)))
         )
     clip_class = StreamingAudioClips if args.streaming else AudioClips
+    # Items carry (epoch, index): the collator's masks are a function of them, so a resumed run continues the stream.
     return clip_class(dataset, crop_seconds=args.crop_seconds, label_column=None, audio_column=args.audio_column,
-                      seed=seed)
+                      seed=seed, return_index=True)
+
+
+def pretraining_settings(args: PretrainingArguments, training_args: TrainingArguments) -> dict:
+    """The settings that define a pre-training run (all of `PretrainingArguments` and the fixed training settings)."""
+    settings = {**asdict(args), **training_settings(training_args)}
+    settings["data"] = path_setting(args.data)
+    settings["tokenizer"] = path_setting(args.tokenizer)
+    return settings
 
 
 def run_pretraining(
     args: PretrainingArguments,
     training_args: TrainingArguments,
-    save_dir: str | None = None,
     callbacks: list | None = None,
 ) -> dict:
-    """Pre-train a student by masked audio modeling and save it.
+    """Pre-train a student by masked audio modeling and save it to `training_args.output_dir`.
 
-    Checkpoints go to `training_args.output_dir`; training resumes from `training_args.resume_from_checkpoint`, or
-    else from the last `checkpoint-N` there. The finished model, feature extractor and `trainer_state.json` go to
-    `save_dir` (default: the output dir). Returns the training metrics plus the last logged masked accuracy and
-    codebook coverages.
+    The folder is a `RunFolder`: training resumes from `training_args.resume_from_checkpoint`, or else from the last
+    complete `checkpoint-N` there; a rerun with other settings raises `RunFolderError`; a finished run is not
+    trained again (its recorded metrics are returned and nothing is written). The finished model, feature extractor,
+    `trainer_state.json` and `train_results.json` go to the output dir. Returns the training metrics plus the last
+    logged masked accuracy and codebook coverages.
     """
     if args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs with).")
@@ -201,6 +220,11 @@ def run_pretraining(
             f"{torch.distributed.get_world_size()} processes were launched but Trainer uses "
             f"{training_args.world_size}; check the accelerate config (on CPU: --multi_gpu with --use_cpu works)."
         )
+    output_dir = training_args.output_dir
+    run = RunFolder(output_dir, "pretrain", pretraining_settings(args, training_args), training_length(training_args))
+    start = run.prepare(training_args.resume_from_checkpoint)
+    if start.finished:
+        return start.metrics
     set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
     # Items are raw waveforms that the collator turns into features: nothing for Trainer to prune.
     training_args.remove_unused_columns = False
@@ -234,9 +258,7 @@ def run_pretraining(
         callbacks=[ClipEpochCallback(clips), *(callbacks or [])],
     )
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+    checkpoint = start.checkpoint
     if trainer.is_world_process_zero():
         size = f"{len(clips)} clips" if isinstance(clips, AudioClips) else "streamed clips"
         print(
@@ -245,25 +267,22 @@ def run_pretraining(
             f"{training_args.world_size} process(es)" + (f", resuming from {checkpoint}" if checkpoint else ""),
             flush=True,
         )
+    run.begin()
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = train_or_restore(trainer, checkpoint, run.length)
 
-    save_dir = save_dir or training_args.output_dir
-    trainer.save_model(save_dir)  # the student (save_pretrained) and the feature extractor
-    metrics = dict(result.metrics)
+    trainer.save_model(output_dir)  # the student (save_pretrained) and the feature extractor
     last_log = next((log for log in reversed(trainer.state.log_history) if "masked_accuracy" in log), {})
     for key in ("loss", "masked_accuracy", "target_codebook_coverage", "prediction_codebook_coverage"):
         if key in last_log:
             metrics[f"last_{key}"] = last_log[key]
     metrics["train_wall_seconds"] = round(time.time() - started, 1)
     if trainer.is_world_process_zero():
-        trainer.state.save_to_json(os.path.join(save_dir, "trainer_state.json"))
-        finite = {key: value for key, value in metrics.items()
-                  if isinstance(value, (int, float)) and math.isfinite(value)}
-        with open(os.path.join(save_dir, "train_results.json"), "w") as handle:
-            json.dump(finite, handle, indent=2, sort_keys=True)
+        trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
+        atomic_write_json(os.path.join(output_dir, "train_results.json"), finite_metrics(metrics), sort_keys=True)
     trainer.accelerator.wait_for_everyone()
-    return metrics
+    run.finish(metrics)
+    return finite_metrics(metrics)
 
 
 def require_output_dir(parser: HfArgumentParser, argv: list[str]) -> None:
@@ -278,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     require_output_dir(parser, argv)
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    metrics = run_pretraining(args, training_args)
+    try:
+        metrics = run_pretraining(args, training_args)
+    except RunFolderError as error:
+        return refuse("beats-hf pretrain", error, training_args.process_index)
     if training_args.process_index == 0:
         print(json.dumps({key: metrics[key] for key in sorted(metrics) if key.startswith(("last_", "train_"))}))
     return 0
@@ -291,6 +313,7 @@ __all__ = [
     "MaskedAudioModelingTrainer",
     "load_acoustic_tokenizer",
     "preset_config",
+    "pretraining_settings",
     "run_pretraining",
     "main",
 ]

@@ -32,15 +32,16 @@ Python (what the iterative pre-training loop calls):
 
 The finished `output_dir` holds the student only (`BeatsForAudioTokenization`, loadable with
 `AutoModel.from_pretrained(output_dir)`), the feature extractor and `trainer_state.json`. The estimator and the
-codebook's EMA statistics are only in the `checkpoint-N/` folders. Training resumes from
-`training_args.resume_from_checkpoint` (a path, or True for the last checkpoint) and, when that is unset, from the
-last checkpoint already in `output_dir`.
+codebook's EMA statistics are only in the `checkpoint-N/` folders. `output_dir` is a `RunFolder`
+(`beats_hf.run_folder`): training resumes from `training_args.resume_from_checkpoint` (a path, or True for the last
+complete checkpoint) and, when that is unset, from the last complete checkpoint already there; a rerun with other
+settings raises `RunFolderError`; a finished run is not trained again (its recorded metrics are returned and nothing
+is written).
 """
 
 import copy
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -50,11 +51,21 @@ import datasets
 import torch
 from torch import nn
 from transformers import AutoModel, HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, StreamingAudioClips, load_audio_dataset
 from ..feature_extraction_beats import BeatsFeatureExtractor
 from ..modeling_beats import BeatsModel
+from ..run_folder import (
+    RunFolder,
+    RunFolderError,
+    atomic_write_json,
+    finite_metrics,
+    path_setting,
+    refuse,
+    train_or_restore,
+    training_length,
+    training_settings,
+)
 from .quantization import is_distributed
 from .tokenizer_training import (
     BeatsTokenizationDistillationModel,
@@ -162,24 +173,6 @@ def _clip_dataset(
     return clip_class(dataset, crop_seconds=crop_seconds, label_column=None, audio_column=audio_column, seed=seed)
 
 
-def _resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
-    """The checkpoint folder to resume from: `value` when it is a path; the last checkpoint in `output_dir` when it
-    is True (which must exist) or unset (if any)."""
-    # On the command line `--resume_from_checkpoint True` arrives as a string.
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if value is False:
-        return None
-    if value is None or value is True:
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if value is True and last is None:
-            raise FileNotFoundError(f"resume_from_checkpoint=True but {output_dir!r} holds no checkpoint-N folder.")
-        return last
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"No checkpoint folder {value!r} to resume from.")
-    return value
-
-
 def _check_codebooks_in_sync(checksum: str) -> None:
     """Raise if the processes ended with different codebooks (the EMA all-reduce must keep them bit-identical)."""
     if not is_distributed():
@@ -215,6 +208,16 @@ def run_tokenizer_training(
     training_args.remove_unused_columns = False
     if streaming and training_args.max_steps <= 0:
         raise ValueError("Streaming data needs max_steps (a stream has no length to count epochs with).")
+    settings = {
+        "teacher": path_setting(teacher), "data": path_setting(data), "student_overrides": student_overrides or {},
+        "crop_seconds": crop_seconds, "split": split, "audio_column": audio_column, "streaming": streaming,
+        "max_train_samples": max_train_samples, "kmeans_iterations": kmeans_iterations,
+        "restart_dead_codes_after": restart_dead_codes_after, **training_settings(training_args),
+    }
+    run = RunFolder(output_dir, "train-tokenizer", settings, training_length(training_args))
+    start = run.prepare(training_args.resume_from_checkpoint)
+    if start.finished:
+        return start.metrics
 
     teacher_model = load_teacher(teacher)  # first: a missing teacher should fail before any data is read
     set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
@@ -238,7 +241,7 @@ def run_tokenizer_training(
         callbacks=[ClipEpochCallback(clips), *(callbacks or [])],
     )
 
-    checkpoint = _resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    checkpoint = start.checkpoint
     if trainer.is_world_process_zero():
         size = f"{len(clips)} clips" if isinstance(clips, AudioClips) else "streamed clips"
         teacher_name = teacher if isinstance(teacher, (str, os.PathLike)) else type(teacher).__name__
@@ -249,13 +252,13 @@ def run_tokenizer_training(
             f"{training_args.world_size} process(es)" + (f", resuming from {checkpoint}" if checkpoint else ""),
             flush=True,
         )
+    run.begin()
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = train_or_restore(trainer, checkpoint, run.length)
 
     student = trainer.accelerator.unwrap_model(trainer.model).student
     checksum = codebook_checksum(student.quantizer.codebook)
     _check_codebooks_in_sync(checksum)
-    metrics = dict(result.metrics)
     last_log = next((log for log in reversed(trainer.state.log_history) if "distillation_loss" in log), {})
     for key in _LOGGED_METRICS:
         if key in last_log:
@@ -268,14 +271,10 @@ def run_tokenizer_training(
         student.save_pretrained(output_dir)
         feature_extractor.save_pretrained(output_dir)
         trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
-        finite = {
-            key: value for key, value in metrics.items()
-            if isinstance(value, str) or isinstance(value, (int, float)) and math.isfinite(value)
-        }
-        with open(os.path.join(output_dir, "train_results.json"), "w") as handle:
-            json.dump(finite, handle, indent=2, sort_keys=True)
+        atomic_write_json(os.path.join(output_dir, "train_results.json"), finite_metrics(metrics), sort_keys=True)
     trainer.accelerator.wait_for_everyone()
-    return metrics
+    run.finish(metrics)
+    return finite_metrics(metrics)
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> int:
@@ -285,21 +284,24 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
         parser.error("--output_dir is required (checkpoints and the trained tokenizer go there).")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    metrics = run_tokenizer_training(
-        args.teacher,
-        args.data,
-        training_args.output_dir,
-        student_overrides=student_args.overrides(),
-        training_args=training_args,
-        crop_seconds=args.crop_seconds,
-        split=args.split,
-        audio_column=args.audio_column,
-        streaming=args.streaming,
-        max_train_samples=args.max_train_samples,
-        kmeans_iterations=args.kmeans_iterations,
-        restart_dead_codes_after=args.restart_dead_codes_after,
-        callbacks=callbacks,
-    )
+    try:
+        metrics = run_tokenizer_training(
+            args.teacher,
+            args.data,
+            training_args.output_dir,
+            student_overrides=student_args.overrides(),
+            training_args=training_args,
+            crop_seconds=args.crop_seconds,
+            split=args.split,
+            audio_column=args.audio_column,
+            streaming=args.streaming,
+            max_train_samples=args.max_train_samples,
+            kmeans_iterations=args.kmeans_iterations,
+            restart_dead_codes_after=args.restart_dead_codes_after,
+            callbacks=callbacks,
+        )
+    except RunFolderError as error:
+        return refuse("beats-hf train-tokenizer", error, training_args.process_index)
     if training_args.process_index == 0:
         summary = {key: metrics[key] for key in sorted(metrics) if key.startswith(("last_", "train_", "codebook"))}
         print(json.dumps(summary))
