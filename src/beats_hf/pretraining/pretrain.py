@@ -40,6 +40,7 @@ from ..run_folder import (
     training_length,
     training_settings,
 )
+from ..sources import is_local_path
 from .collator import MaskedAudioModelingCollator
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,9 @@ def load_acoustic_tokenizer(spec: str, codebook_size: int, seed: int) -> nn.Modu
     if spec == RANDOM_PROJECTION:
         config = BeatsRandomProjectionConfig(codebook_size=codebook_size, seed=seed)
         return BeatsRandomProjectionForAudioTokenization(config)
-    if not os.path.isdir(spec) and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+    if is_local_path(spec) and not os.path.isdir(os.path.expanduser(spec)):
         raise FileNotFoundError(f"No tokenizer folder {spec!r} (pass a folder, a Hub id or 'random_projection').")
-    return AutoModel.from_pretrained(spec)
+    return AutoModel.from_pretrained(os.path.expanduser(spec) if is_local_path(spec) else spec)
 
 
 def tokenizer_codebook_size(tokenizer: nn.Module) -> int:

@@ -66,6 +66,7 @@ from ..run_folder import (
     training_length,
     training_settings,
 )
+from ..sources import is_local_path
 from .quantization import is_distributed
 from .tokenizer_training import (
     BeatsTokenizationDistillationModel,
@@ -127,10 +128,6 @@ class StudentArguments:
         }
 
 
-def _looks_like_local_path(source: str) -> bool:
-    # A Hub id is "name" or "namespace/name"; anything else path-like must exist locally.
-    return os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
-
 
 def load_teacher(teacher: str | os.PathLike | nn.Module) -> BeatsModel:
     """The frozen teacher encoder from a model or a saved folder / Hub id, with clear errors when it is missing."""
@@ -144,7 +141,7 @@ def load_teacher(teacher: str | os.PathLike | nn.Module) -> BeatsModel:
                 f"The teacher folder {source!r} has no config.json: pass a folder written by save_pretrained (convert "
                 "official BEATs checkpoints first with conversion/convert_beats_original_to_hf.py)."
             )
-    elif os.path.exists(folder) or _looks_like_local_path(source):
+    elif is_local_path(source):
         raise FileNotFoundError(
             f"No teacher model folder at {source!r}: pass a folder written by save_pretrained of a beats_hf model "
             "(BeatsModel, BeatsForAudioClassification, ...) or a Hub model id."
