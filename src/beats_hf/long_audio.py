@@ -320,6 +320,8 @@ def embed_long_audio(
         frames[rows[owned]] = owned_rows.mean(1).float().cpu()
         if moments is not None:
             moments.add(owned_rows)
+        # Free this batch's activations (all hidden states, with a layer choice) before the next forward allocates.
+        del inputs, outputs, hidden, band_rows, owned_rows
 
     sampling_rate = feature_extractor.sampling_rate
     seconds_per_row = grid.row_samples / sampling_rate
