@@ -12,7 +12,7 @@ Each length (1, 2, 5, 10 min; 0.5, 1, 2 min unchunked) runs once in its own subp
 resident memory and its wall time. Then, in this process, the chunked path and the unchunked forward are timed
 alternately on 1 minute, and their outputs compared.
 
-    python benchmarks/long_audio.py [--threads 2] [--chunked-minutes 1 2 5 10] [--bands-minutes 1 10]
+    python benchmarks/long_audio.py [--threads 2] [--chunked-minutes 1 2 5 10] [--bands-minutes 1 2 5 10]
         [--unchunked-minutes 0.5 1 2]
 """
 
@@ -179,7 +179,7 @@ def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0], repeats=3)
     parser.add_argument("--chunked-minutes", type=float, nargs="*", default=[1, 2, 5, 10],
                         help="lengths for `beats-hf embed` and `embed_long_audio` with their defaults")
-    parser.add_argument("--bands-minutes", type=float, nargs="*", default=[1, 10],
+    parser.add_argument("--bands-minutes", type=float, nargs="*", default=[1, 2, 5, 10],
                         help="lengths for `beats-hf embed --pooling frequency_bands`")
     parser.add_argument("--unchunked-minutes", type=float, nargs="*", default=[0.5, 1, 2])
     parser.add_argument("--compare-minutes", type=float, default=1.0, help="length of the in-process comparison")

@@ -187,9 +187,9 @@ class _BandMoments:
         count = rows.shape[0]
         if count == 0:
             return
-        rows = rows.double()
+        rows = rows.to(torch.float64, copy=True)  # our own copy, centred and squared in place
         mean = rows.mean(0)
-        m2 = (rows - mean).square().sum(0)
+        m2 = rows.sub_(mean).square_().sum(0)
         if self.count == 0:
             self.count, self.mean, self.m2 = count, mean, m2
             return
