@@ -236,6 +236,7 @@ def model64(model) -> BeatsModel:
     return copy.deepcopy(model).double()
 
 
+@pytest.mark.float_sensitive
 def test_window_features_are_the_recording_features(feature_extractor):
     """The premise of `sliced_window_features`: a window's fbank, computed on its own samples, is the recording's
     fbank at the window's frames (each within the derived float32 rounding bound of the exact value)."""
