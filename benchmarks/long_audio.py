@@ -1,20 +1,28 @@
-"""Long recordings: the chunked path (`beats_hf.long_audio.embed_long_audio`) against one unchunked forward.
+"""Long recordings with the defaults: `beats-hf embed` and `embed_long_audio` against one unchunked forward.
 
 A 10-minute recording of real instrument samples (General MIDI phrases rendered by fluidsynth with the FluidR3 GM
 soundfont, changing instrument every few seconds, with drums and pauses; a generated signal when fluidsynth or the
-soundfont is missing) is embedded with the base model through 10 s windows every 8 s, 4 windows per batch. Each length
-(1, 2, 5, 10 min for the chunked path; 0.5, 1, 2 min for the unchunked forward, whose attention is quadratic in the
-length) runs once in its own subprocess, which reports its peak resident memory and its wall time. Then, in this
-process, the chunked path and the unchunked forward are timed alternately on 1 minute, and their outputs compared.
+soundfont is missing) is embedded with the base model, with nothing but the defaults:
+  * `beats-hf embed --model MODEL --data FOLDER --output_dir OUT` on a folder holding the recording as a WAV file
+    (the whole command: model loading, decoding, embedding, writing), and with `--pooling frequency_bands`;
+  * `embed_long_audio(model, feature_extractor, waveform)` (10 s windows every 8 s, 4 windows per batch);
+  * for contrast, one forward over the whole recording (what `beats-hf embed --no_chunking` does), whose attention
+    is quadratic in the length.
+Each length (1, 2, 5, 10 min; 0.5, 1, 2 min unchunked) runs once in its own subprocess, which reports its peak
+resident memory and its wall time. Then, in this process, the chunked path and the unchunked forward are timed
+alternately on 1 minute, and their outputs compared.
 
-    python benchmarks/long_audio.py [--threads 2] [--chunked-minutes 1 2 5 10] [--unchunked-minutes 0.5 1 2]
+    python benchmarks/long_audio.py [--threads 2] [--chunked-minutes 1 2 5 10] [--bands-minutes 1 2 5 10]
+        [--unchunked-minutes 0.5 1 2]
 """
 
+import argparse
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +43,9 @@ from common import (
 )
 
 from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsModel
+from beats_hf.embed import main as embed_command
 from beats_hf.long_audio import embed_long_audio
+from beats_hf.modeling_beats import pool_frequency_bands
 
 SAMPLING_RATE = 16000
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -109,12 +119,25 @@ def load_model() -> BeatsModel:
     return BeatsModel(config).eval()
 
 
-def unchunked(model, feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clip embedding, per-row vectors) of one forward over the whole recording."""
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(SAMPLING_RATE)
+        handle.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def unchunked(model, feature_extractor, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clip embedding, per-row vectors, frequency-band statistics) of one forward over the whole recording."""
     inputs = feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
     with torch.inference_mode():
-        hidden = model(inputs["input_features"]).last_hidden_state[0]
-    return hidden.mean(0), hidden.view(-1, 8, hidden.shape[-1]).mean(1)
+        hidden = model(inputs["input_features"]).last_hidden_state
+    bands = pool_frequency_bands(hidden, None, 8)[0]
+    return hidden[0].mean(0), hidden[0].view(-1, 8, hidden.shape[-1]).mean(1), bands
+
+
+COMMANDS = {"embed": [], "embed_bands": ["--pooling", "frequency_bands"]}
 
 
 def run_one(variant: str, args) -> dict:
@@ -122,31 +145,45 @@ def run_one(variant: str, args) -> dict:
     mode, minutes = variant.split(":")
     audio, _ = render_recording()
     audio = audio[: int(float(minutes) * 60 * SAMPLING_RATE)]
-    model, feature_extractor = load_model(), BeatsFeatureExtractor()
-    if mode == "chunked":
+    scratch = Path(tempfile.mkdtemp(prefix="beats_long_audio_"))
+    try:
+        if mode in COMMANDS:  # the whole command, model loading included
+            write_wav(scratch / "audio" / "recording.wav", audio)
+            argv = ["--model", args.model_dir, "--data", str(scratch / "audio"), "--output_dir", str(scratch / "out"),
+                    *COMMANDS[mode]]
 
-        def run():
-            return embed_long_audio(model, feature_extractor, audio, args.window, args.hop, args.batch)
+            def run():
+                return embed_command(argv)
 
-    else:
+        else:
+            model, feature_extractor = load_model(), BeatsFeatureExtractor()
+            if mode == "chunked":
 
-        def run():
-            return unchunked(model, feature_extractor, audio)
+                def run():
+                    return embed_long_audio(model, feature_extractor, audio)
 
-    start = time.perf_counter()
-    result = measure_peak_memory(run)
-    result["seconds"] = round(time.perf_counter() - start, 2)
+            else:
+
+                def run():
+                    return unchunked(model, feature_extractor, audio)
+
+        start = time.perf_counter()
+        result = measure_peak_memory(run)
+        result["seconds"] = round(time.perf_counter() - start, 2)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
 def main() -> int:
     parser = base_parser(__doc__.split("\n\n")[0], repeats=3)
-    parser.add_argument("--chunked-minutes", type=float, nargs="*", default=[1, 2, 5, 10])
+    parser.add_argument("--chunked-minutes", type=float, nargs="*", default=[1, 2, 5, 10],
+                        help="lengths for `beats-hf embed` and `embed_long_audio` with their defaults")
+    parser.add_argument("--bands-minutes", type=float, nargs="*", default=[1, 2, 5, 10],
+                        help="lengths for `beats-hf embed --pooling frequency_bands`")
     parser.add_argument("--unchunked-minutes", type=float, nargs="*", default=[0.5, 1, 2])
     parser.add_argument("--compare-minutes", type=float, default=1.0, help="length of the in-process comparison")
-    parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--hop", type=float, default=8.0)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)  # internal: the saved base model
     args = parser.parse_args()
     set_threads(args.threads)
     if args.memory_variant:
@@ -155,11 +192,14 @@ def main() -> int:
 
     audio, source = render_recording()
     print(f"recording: {len(audio) / SAMPLING_RATE / 60:.1f} min, {source}")
-    extra = ["--threads", str(args.threads), "--window", str(args.window), "--hop", str(args.hop),
-             "--batch", str(args.batch)]
     rows = []
-    if not args.no_memory:
-        for mode, lengths in (("chunked", args.chunked_minutes), ("unchunked", args.unchunked_minutes)):
+    with tempfile.TemporaryDirectory(prefix="beats_long_audio_model_") as model_dir:
+        load_model().save_pretrained(model_dir)
+        BeatsFeatureExtractor().save_pretrained(model_dir)
+        extra = ["--threads", str(args.threads), "--model-dir", model_dir]
+        plan = [("embed", args.chunked_minutes), ("embed_bands", args.bands_minutes),
+                ("chunked", args.chunked_minutes), ("unchunked", args.unchunked_minutes)]
+        for mode, lengths in plan if not args.no_memory else []:
             for minutes in lengths:
                 result = memory_in_subprocess(__file__, f"{mode}:{minutes:g}", extra)
                 patches = int((minutes * 60 * SAMPLING_RATE - 2800) // 2560 + 1) * 8
@@ -168,19 +208,22 @@ def main() -> int:
                     row["s_per_audio_min"] = result["seconds"] / minutes
                 rows.append(row)
                 print(f"  {mode} {minutes:g} min: {result}", flush=True)
+    if rows:
         print_table(rows, ["path", "minutes", "patches", "peak_mb", "increment_mb", "seconds", "s_per_audio_min"],
                     f"Peak RSS and wall time per length (one run each, own process), {args.threads} threads")
 
     model, feature_extractor = load_model(), BeatsFeatureExtractor()
     clip = audio[: int(args.compare_minutes * 60 * SAMPLING_RATE)]
     runs = {
-        "chunked": lambda: embed_long_audio(model, feature_extractor, clip, args.window, args.hop, args.batch),
+        "chunked": lambda: embed_long_audio(model, feature_extractor, clip),
         "unchunked": lambda: unchunked(model, feature_extractor, clip),
     }
-    chunked_result, (clip_embedding, rows_unchunked) = runs["chunked"](), runs["unchunked"]()
+    chunked_result, (clip_embedding, rows_unchunked, bands_unchunked) = runs["chunked"](), runs["unchunked"]()
+    bands_chunked = embed_long_audio(model, feature_extractor, clip, pooling="frequency_bands").clip_embedding
     similarity = {
         "clip_embedding_cosine": F.cosine_similarity(chunked_result.clip_embedding, clip_embedding, dim=0).item(),
         "frame_cosine_mean": F.cosine_similarity(chunked_result.frame_embeddings, rows_unchunked, dim=1).mean().item(),
+        "frequency_bands_cosine": F.cosine_similarity(bands_chunked, bands_unchunked, dim=0).item(),
     }
     times, _ = time_alternating(runs, repeats=args.repeats, warmup=0)
     comparison = [{"path": name, **summarize(times[name]), "paired_vs_chunked": paired_ratio(times, name, "chunked")}
@@ -188,11 +231,15 @@ def main() -> int:
     print_table(comparison, ["path", "median_s", "min_s", "max_s", "paired_vs_chunked"],
                 f"{args.compare_minutes:g} min recording, timed alternately in one process")
     print("chunked vs unchunked (different context, random weights): " +
-          ", ".join(f"{key} = {value:.3f}" for key, value in similarity.items()))
+          ", ".join(f"{key} = {value:.4f}" for key, value in similarity.items()))
     payload = {
         "machine": machine_description(args.threads),
-        "setup": {"recording": source, "window_seconds": args.window, "hop_seconds": args.hop,
-                  "batch_size": args.batch, "model": "BeatsConfig() defaults (base), random weights, sdpa, fp32"},
+        "setup": {"recording": source, "model": "BeatsConfig() defaults (base), random weights, sdpa, fp32",
+                  "embed": "beats-hf embed --model MODEL --data FOLDER --output_dir OUT [--pooling frequency_bands]"
+                           " (defaults: 10 s windows every 8 s, batch 8)",
+                  "chunked": "embed_long_audio(model, feature_extractor, waveform) (defaults: 10 s windows every "
+                             "8 s, batch 4)",
+                  "unchunked": "one forward over the whole recording (beats-hf embed --no_chunking)"},
         "per_length": rows,
         "comparison": comparison,
         "similarity": similarity,

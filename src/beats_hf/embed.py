@@ -5,8 +5,16 @@ deviation over the valid time rows (`--pooling frequency_bands`, what a `classif
 sees: 2 x 8 x hidden_size numbers); frame features = one vector per 160 ms (a row of 16 fbank
 frames), the mean of the row's frequency patches. Either from one layer (`--layer`, an index into the hidden states:
 0 = encoder input, -1 = last) or a weighted sum of all layers (`--layer weighted`: a fine-tuned model's learned
-`layer_weights` when it has them, else the plain mean). Recordings longer than `--chunk_seconds` go through the
-chunked long-audio path (sliding windows), so memory stays linear in their length.
+`layer_weights` when it has them, else the plain mean).
+
+Memory is bounded by default: a recording longer than `--chunk_seconds` (10 s) goes through the long-audio path
+(`beats_hf.long_audio`: windows of that length every `--hop_seconds`, 8 s, each row taken from the window where it is
+most central), with either pooling; shorter ones are batched whole. So no forward pass sees more than one window, and
+the peak memory does not grow with the recordings' length. `--no_chunking` runs each recording whole instead (one
+forward: memory and time grow with the square of its length, e.g. 4.75 GB for 3 minutes on a tiny model).
+
+Outputs are written under temporary names and renamed into place; `embeddings.json`, written last, marks a complete
+output folder.
 
     beats-hf embed --model PATH --data FOLDER_OR_DATASET --output_dir OUT [--format datasets|npy] [--frames]
 """
@@ -14,6 +22,8 @@ chunked long-audio path (sliding windows), so memory stays linear in their lengt
 import argparse
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +33,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 
 from .audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
 from .configuration_beats import CLASSIFIER_POOLINGS
+from .long_audio import DEFAULT_WINDOW_SECONDS, _grid, embed_long_audio
 from .modeling_beats import clip_feature_size, pool_frequency_bands
 
 logger = logging.getLogger(__name__)
@@ -69,6 +80,31 @@ def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int,
     return clips.cpu(), [rows[i, : int(valid_rows[i])].cpu() for i in range(batch_size)]
 
 
+def _replace_with(path: Path, write) -> None:
+    """`write(temporary)` next to `path`, then rename it to `path`: a killed run never leaves a half-written output
+    under the final name."""
+    temporary = path.with_name(f".{path.name}.partial")
+    if temporary.is_dir():
+        shutil.rmtree(temporary)  # our own leftover from a killed run
+    write(temporary)
+    if path.is_dir():  # a directory cannot be renamed onto a non-empty one: move the old one out of the way first
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(temporary, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(temporary, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:  # a file handle: np.save would append ".npy" to a path
+            np.save(handle, array)
+
+    _replace_with(path, write)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="beats-hf embed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="beats_hf folder or Hub repo (any BEATs model)")
@@ -76,32 +112,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--split", default=None, help="dataset split (default: the only one)")
     parser.add_argument("--audio_column", default="audio")
-    parser.add_argument("--layer", default="-1", help="hidden-state index (0 = encoder input, -1 = last) or 'weighted'")
+    parser.add_argument("--layer", default="-1",
+                        help="hidden-state index (0 = encoder input, -1 = last) or 'weighted'")
     parser.add_argument("--pooling", choices=CLASSIFIER_POOLINGS, default="mean",
                         help="clip embedding: mean over patches, or per-frequency-band mean and std")
     parser.add_argument("--frames", action="store_true", help="also write frame-level features (one per 160 ms)")
     parser.add_argument("--format", choices=("datasets", "npy"), default="datasets")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8, help="clips (or windows of a long recording) per forward")
     parser.add_argument("--chunk_seconds", type=float, default=None,
-                        help="clips longer than this go through sliding windows of this length")
+                        help=f"recordings longer than this go through sliding windows of this length "
+                             f"(default {DEFAULT_WINDOW_SECONDS:g})")
     parser.add_argument("--hop_seconds", type=float, default=None, help="window hop (default: 0.8 x chunk)")
+    parser.add_argument("--no_chunking", action="store_true",
+                        help="one forward over each whole recording: memory and time grow with the square of its "
+                             "length")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
-    if args.pooling == "frequency_bands" and args.chunk_seconds:
-        parser.error("--pooling frequency_bands needs whole clips: it cannot be combined with --chunk_seconds")
+    if args.no_chunking and (args.chunk_seconds is not None or args.hop_seconds is not None):
+        parser.error("--no_chunking runs whole recordings: it cannot be combined with --chunk_seconds/--hop_seconds")
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.chunk_seconds is not None and not args.chunk_seconds > 0:
+        parser.error(f"--chunk_seconds must be positive, got {args.chunk_seconds} (--no_chunking turns chunking off)")
+    chunk_seconds = None if args.no_chunking else args.chunk_seconds or DEFAULT_WINDOW_SECONDS
 
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device).eval()
     feature_extractor = AutoFeatureExtractor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    grid = None
+    if chunk_seconds is not None:
+        try:  # bad window settings fail here, not after the first long file
+            grid = _grid(feature_extractor, chunk_seconds, args.hop_seconds)
+        except ValueError as error:
+            parser.error(str(error).replace("`window_seconds`", "--chunk_seconds").replace("`hop_seconds`",
+                                                                                          "--hop_seconds"))
     config = encoder_of(model).config
     weights = layer_mixture(model, args.layer, config.num_hidden_layers + 1)
     bands = config.num_frequency_patches
+    # A single layer is picked directly: no stack of all hidden states per window batch.
+    layer_choice = {"layer_weights": weights} if args.layer == "weighted" else {"layer": int(args.layer)}
 
     dataset = load_audio_dataset(args.data, split=args.split, audio_column=args.audio_column)
     clips = AudioClips(dataset, crop_seconds=None, label_column=None, audio_column=args.audio_column,
                        replace_bad=False, return_index=True)
     collator = AudioFeatureCollator(feature_extractor, device=args.device)  # the fbank runs on the model's device
-    chunk_samples = int(args.chunk_seconds * 16000) if args.chunk_seconds else None
 
     indices, clip_embeddings, frame_features = [], [], []
     pending: list[dict] = []
@@ -116,20 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         frame_features.extend(frame_batch)
         pending.clear()
 
-    for position in tqdm(range(len(clips)), desc="embedding", unit="clip"):
+    for position in tqdm(range(len(clips)), desc="embedding", unit="file"):
         item = clips[position]
         if item is None:
             continue
-        if chunk_samples and len(item["waveform"]) > chunk_samples:
-            from .long_audio import embed_long_audio
-
-            hop = args.hop_seconds or 0.8 * args.chunk_seconds
+        if grid is not None and len(item["waveform"]) > grid.window_samples:
             result = embed_long_audio(encoder_of(model), feature_extractor, item["waveform"],
-                                      window_seconds=args.chunk_seconds, hop_seconds=hop,
-                                      batch_size=args.batch_size, layer_weights=weights)
+                                      window_seconds=chunk_seconds, hop_seconds=args.hop_seconds,
+                                      batch_size=args.batch_size, pooling=args.pooling, **layer_choice)
             indices.append(item["index"])
-            clip_embeddings.append(torch.as_tensor(result.clip_embedding))
-            frame_features.append(torch.as_tensor(result.frame_embeddings))
+            clip_embeddings.append(result.clip_embedding)
+            frame_features.append(result.frame_embeddings)
             continue
         pending.append(item)
         if len(pending) == args.batch_size:
@@ -142,21 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     clip_array = torch.stack(clip_embeddings).numpy() if clip_embeddings else np.zeros((0, clip_width))
     summary = {"model": args.model, "data": args.data, "layer": args.layer, "pooling": args.pooling,
                "clips": len(indices), "skipped": clips.skipped, "hidden_size": config.hidden_size,
-               "clip_embedding_size": clip_width, "frame_seconds": 0.16}
+               "clip_embedding_size": clip_width, "frame_seconds": 0.16,
+               "chunk_seconds": chunk_seconds,  # None: --no_chunking
+               "hop_seconds": None if grid is None else grid.hop_rows * grid.row_samples / 16000}
     if args.format == "npy":
-        np.save(output / "clip_embeddings.npy", clip_array)
-        np.save(output / "indices.npy", np.asarray(indices, dtype=np.int64))
+        _save_npy(output / "clip_embeddings.npy", clip_array)
+        _save_npy(output / "indices.npy", np.asarray(indices, dtype=np.int64))
         if args.frames:
             lengths = [len(frames) for frames in frame_features]
-            np.save(output / "frame_embeddings.npy", torch.cat(frame_features).numpy() if lengths else clip_array[:0])
-            np.save(output / "frame_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            _save_npy(output / "frame_embeddings.npy",
+                      torch.cat(frame_features).numpy() if lengths else clip_array[:0])
+            _save_npy(output / "frame_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     else:
         import datasets
 
         columns = {"index": indices, "clip_embedding": clip_array.tolist()}
         if args.frames:
             columns["frame_embeddings"] = [frames.numpy().tolist() for frames in frame_features]
-        datasets.Dataset.from_dict(columns).save_to_disk(str(output / "embeddings"))
-    (output / "embeddings.json").write_text(json.dumps(summary, indent=2))
+        table = datasets.Dataset.from_dict(columns)
+        _replace_with(output / "embeddings", lambda temporary: table.save_to_disk(str(temporary)))
+    _replace_with(output / "embeddings.json", lambda temporary: temporary.write_text(json.dumps(summary, indent=2)))
     print(f"embedded {len(indices)} clips ({clips.skipped} unreadable skipped) -> {output}")
     return 0

@@ -3,7 +3,8 @@
 BEATs attends over all patches of its input, so one forward over a whole recording costs time and memory quadratic
 in its length (the attention bias alone is `heads x patches^2` floats: 3.9 GB for 3 minutes). This module runs the
 model on windows of `window_seconds` that start every `hop_seconds`, `batch_size` windows at a time, so the working
-set is bounded by one batch and the total cost grows linearly with the recording.
+set is bounded by one batch and the total cost grows linearly with the recording (defaults: 10 s windows every 8 s,
+4 per batch). `beats-hf embed` sends every recording longer than one window through this path by default.
 
 Grid. The model sees rows of 16 Kaldi frames (160 ms of hop, 0.175 s of audio each); row `r` of the recording covers
 samples `[2560 r, 2560 r + 2800)`. Windows start on that grid (the hop is rounded to a whole number of rows), so row
@@ -13,9 +14,18 @@ identical to those of the whole recording, only the context the Transformer sees
 Stitching. Every row of the recording is taken from exactly one window: the one in which it is most central, i.e.
 where its distance to the nearest window edge is largest (an edge that is also an end of the recording does not
 count, since no window has context beyond it); ties go to the earlier window. A row's vector is the mean of its
-frequency patches (8 for 128 mel bins). The clip embedding is the mean of the row vectors, i.e. the mean over all
-patches of the recording with every patch counted once. When one window covers the whole recording the result equals
-a plain forward pass: the mean over the valid patches and the per-row means.
+frequency patches (8 for 128 mel bins). The clip embedding (`pooling="mean"`) is the mean of the row vectors, i.e. the
+mean over all patches of the recording with every patch counted once.
+
+Frequency bands (`pooling="frequency_bands"`, what a `classifier_pooling="frequency_bands"` head sees): per band, the
+mean and standard deviation over the stitched rows, each row counted once. Every batch of windows contributes its
+rows' count `n`, per-band mean `m` and sum of squared deviations `M2`; two disjoint sets A, B merge exactly as
+`M2 = M2_A + M2_B + (m_B - m_A)^2 n_A n_B / (n_A + n_B)` (Chan, Golub & LeVeque, 1979), in float64. So the result is
+exactly the pooling of the stitched rows, in memory independent of the length; it differs from one forward over the
+whole recording only where the rows do (the Transformer's context near window edges).
+
+When one window covers the whole recording the result equals a plain forward pass: the mean over the valid patches,
+the per-row means and the per-band statistics.
 
 The last window is usually shorter; it is right-padded to the window length and masked (attention mask), which gives
 the same outputs as running it alone.
@@ -23,6 +33,7 @@ the same outputs as running it alone.
     from beats_hf.long_audio import embed_long_audio
     result = embed_long_audio(model, feature_extractor, waveform)  # 16 kHz mono, any length >= 0.175 s
     result.clip_embedding, result.frame_embeddings, result.frame_times
+    bands = embed_long_audio(model, feature_extractor, waveform, pooling="frequency_bands").clip_embedding
 """
 
 import math
@@ -31,7 +42,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LongAudioEmbeddings", "embed_long_audio", "plan_windows"]
+from .configuration_beats import CLASSIFIER_POOLINGS
+from .modeling_beats import frequency_band_statistics
+
+DEFAULT_WINDOW_SECONDS = 10.0
+
+__all__ = ["DEFAULT_WINDOW_SECONDS", "LongAudioEmbeddings", "embed_long_audio", "plan_windows", "row_owners"]
 
 
 @dataclass
@@ -39,8 +55,9 @@ class LongAudioEmbeddings:
     """Output of [`embed_long_audio`], float32 tensors on the CPU.
 
     Attributes:
-        clip_embedding (`torch.Tensor` of shape `(hidden_size,)`):
-            Mean over all patches of the recording (each counted once).
+        clip_embedding (`torch.Tensor` of shape `(hidden_size,)` or `(2 * bands * hidden_size,)`):
+            `pooling="mean"`: the mean over all patches of the recording (each counted once). `"frequency_bands"`:
+            for each frequency band the mean, then the standard deviation, over the stitched rows.
         frame_embeddings (`torch.Tensor` of shape `(rows, hidden_size)`):
             One vector per 160 ms row: the mean of the row's frequency patches, from the window where the row is most
             central.
@@ -135,20 +152,82 @@ def plan_windows(
     return windows, total_rows, grid
 
 
+def _window_rows(window: tuple[int, int], grid: _Grid) -> tuple[int, int]:
+    """(first row of the recording, number of rows) of a window."""
+    start, end = window
+    return start // grid.row_samples, (end - start - grid.row_span) // grid.row_samples + 1
+
+
+def row_owners(windows: list[tuple[int, int]], total_rows: int, grid: _Grid) -> torch.Tensor:
+    """`(total_rows,)` index of the window each row is taken from: the one where the row is most central."""
+    owner = torch.zeros(total_rows, dtype=torch.long)
+    best_margin = torch.full((total_rows,), -1, dtype=torch.long)
+    for index, window in enumerate(windows):
+        first_row, num_rows = _window_rows(window, grid)
+        local = torch.arange(num_rows)
+        # Distance to the nearest window edge; the recording's own ends are not edges.
+        left = local if first_row > 0 else torch.full_like(local, total_rows)
+        right = num_rows - 1 - local if first_row + num_rows < total_rows else torch.full_like(local, total_rows)
+        margin = torch.minimum(left, right)
+        target = slice(first_row, first_row + num_rows)
+        better = margin > best_margin[target]  # strict: ties stay with the earlier window
+        owner[target] = torch.where(better, index, owner[target])
+        best_margin[target] = torch.where(better, margin, best_margin[target])
+    return owner
+
+
+class _BandMoments:
+    """Count, per-band mean and sum of squared deviations of the rows seen so far, merged batch by batch (float64)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, None, None
+
+    def add(self, rows: torch.Tensor) -> None:
+        """`rows`: `(n, bands, C)`, rows not seen before."""
+        count = rows.shape[0]
+        if count == 0:
+            return
+        rows = rows.to(torch.float64, copy=True)  # our own copy, centred and squared in place
+        mean = rows.mean(0)
+        m2 = rows.sub_(mean).square_().sum(0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * count / total)
+        self.count = total
+
+    def statistics(self) -> torch.Tensor:
+        """`(bands * 2C,)`: the `frequency_bands` pooling of all rows added."""
+        return frequency_band_statistics(self.mean, self.m2 / self.count)
+
+
 def _encoder(model):
     return model.beats if hasattr(model, "beats") else model
 
 
 def _select_hidden(outputs, layer: int | None, layer_weights: torch.Tensor | None) -> torch.Tensor:
     if layer_weights is not None:
-        stacked = torch.stack(outputs.hidden_states, dim=0).float()
+        stacked = torch.stack(outputs.hidden_states, dim=0)
+        stacked = stacked.to(torch.promote_types(stacked.dtype, torch.float32))
         weights = layer_weights.to(device=stacked.device, dtype=stacked.dtype)
         if weights.shape != (stacked.shape[0],):
             raise ValueError(f"`layer_weights` has shape {tuple(weights.shape)}, expected ({stacked.shape[0]},).")
         return (stacked * weights.view(-1, 1, 1, 1)).sum(0)
-    if layer is not None:
-        return outputs.hidden_states[layer].float()
-    return outputs.last_hidden_state.float()
+    hidden = outputs.hidden_states[layer] if layer is not None else outputs.last_hidden_state
+    return hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # bf16/fp16 up to float32, float64 kept
+
+
+def _window_features(feature_extractor, waveform: torch.Tensor, windows: list[tuple[int, int]], device):
+    """Fbank of a batch of windows, padded to the longest, with its frame mask."""
+    return feature_extractor(
+        [waveform[start:end] for start, end in windows],
+        sampling_rate=feature_extractor.sampling_rate,
+        return_tensors="pt",
+        device=device,
+    )
 
 
 @torch.inference_mode()
@@ -156,12 +235,13 @@ def embed_long_audio(
     model,
     feature_extractor,
     waveform: np.ndarray | torch.Tensor,
-    window_seconds: float = 10.0,
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
     hop_seconds: float | None = None,
     batch_size: int = 4,
     layer: int | None = None,
     layer_weights: torch.Tensor | None = None,
     sampling_rate: int | None = None,
+    pooling: str = "mean",
 ) -> LongAudioEmbeddings:
     """Clip and per-row embeddings of a recording of any length, in bounded memory.
 
@@ -185,6 +265,9 @@ def embed_long_audio(
             Weights of a weighted sum of all hidden states instead of one layer.
         sampling_rate (`int`, *optional*):
             Sampling rate of `waveform`, checked against the feature extractor's.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            The clip embedding: `"mean"` over all patches, or `"frequency_bands"` (per band, mean and standard
+            deviation over time, as `classifier_pooling="frequency_bands"`).
 
     Returns:
         [`LongAudioEmbeddings`].
@@ -193,6 +276,8 @@ def embed_long_audio(
         raise ValueError("Pass either `layer` or `layer_weights`, not both.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size!r}.")
+    if pooling not in CLASSIFIER_POOLINGS:
+        raise ValueError(f"`pooling` must be one of {CLASSIFIER_POOLINGS}, got {pooling!r}.")
     if sampling_rate is not None and sampling_rate != feature_extractor.sampling_rate:
         raise ValueError(
             f"The audio is sampled at {sampling_rate} Hz but the feature extractor expects "
@@ -206,21 +291,18 @@ def embed_long_audio(
     waveform = waveform.float()
 
     windows, total_rows, grid = plan_windows(waveform.shape[0], feature_extractor, window_seconds, hop_seconds)
+    owner = row_owners(windows, total_rows, grid)
+    first_rows, rows_per_window = (torch.tensor(column) for column in zip(*(_window_rows(w, grid) for w in windows)))
     encoder = _encoder(model)
     parameter = next(encoder.parameters())
-    bands = encoder.config.num_mel_bins // encoder.config.patch_size
+    bands = encoder.config.num_frequency_patches
     need_hidden_states = layer is not None or layer_weights is not None
 
     frames = torch.zeros(total_rows, encoder.config.hidden_size)
-    best_margin = torch.full((total_rows,), -1, dtype=torch.long)
+    moments = _BandMoments() if pooling == "frequency_bands" else None
     for first in range(0, len(windows), batch_size):
         batch_windows = windows[first : first + batch_size]
-        inputs = feature_extractor(
-            [waveform[start:end] for start, end in batch_windows],
-            sampling_rate=feature_extractor.sampling_rate,
-            return_tensors="pt",
-            device=parameter.device,
-        )
+        inputs = _window_features(feature_extractor, waveform, batch_windows, parameter.device)
         outputs = encoder(
             inputs["input_features"].to(parameter.dtype),
             attention_mask=inputs.get("attention_mask"),
@@ -228,24 +310,24 @@ def embed_long_audio(
         )
         hidden = _select_hidden(outputs, layer, layer_weights)
         batch, num_patches, width = hidden.shape
-        rows = hidden.view(batch, num_patches // bands, bands, width).mean(2).cpu()
-        for index, (start, end) in enumerate(batch_windows):
-            first_row = start // grid.row_samples
-            num_rows = (end - start - grid.row_span) // grid.row_samples + 1
-            local = torch.arange(num_rows)
-            # Distance to the nearest window edge; the recording's own ends are not edges.
-            left = local if first_row > 0 else torch.full_like(local, total_rows)
-            right = num_rows - 1 - local if first_row + num_rows < total_rows else torch.full_like(local, total_rows)
-            margin = torch.minimum(left, right)
-            target = slice(first_row, first_row + num_rows)
-            better = margin > best_margin[target]
-            frames[target] = torch.where(better.unsqueeze(-1), rows[index, :num_rows], frames[target])
-            best_margin[target] = torch.where(better, margin, best_margin[target])
+        band_rows = hidden.view(batch, num_patches // bands, bands, width)
+        # Each window keeps only the rows it owns (padding rows of a short last window are past its row count).
+        ids = torch.arange(first, first + batch)
+        local = torch.arange(band_rows.shape[1])
+        rows = first_rows[ids].unsqueeze(1) + local
+        owned = (local < rows_per_window[ids].unsqueeze(1)) & (owner[rows.clamp(max=total_rows - 1)] == ids[:, None])
+        owned_rows = band_rows[owned.to(hidden.device)]  # (owned, bands, C), in the order of rows[owned]
+        frames[rows[owned]] = owned_rows.mean(1).float().cpu()
+        if moments is not None:
+            moments.add(owned_rows)
+        # Free this batch's activations (all hidden states, with a layer choice) before the next forward allocates.
+        del inputs, outputs, hidden, band_rows, owned_rows
 
     sampling_rate = feature_extractor.sampling_rate
     seconds_per_row = grid.row_samples / sampling_rate
+    clip_embedding = moments.statistics().float().cpu() if moments is not None else frames.mean(0)
     return LongAudioEmbeddings(
-        clip_embedding=frames.mean(0),
+        clip_embedding=clip_embedding,
         frame_embeddings=frames,
         frame_times=torch.arange(total_rows, dtype=torch.float64) * seconds_per_row,
         window_starts=torch.tensor([start for start, _ in windows], dtype=torch.float64) / sampling_rate,

@@ -671,9 +671,14 @@ def pool_frequency_bands(hidden_states: torch.Tensor, patch_mask: torch.Tensor |
     row_mask = None if patch_mask is None else patch_mask.view(batch_size, -1, bands, 1)
     mean = _masked_mean(rows, row_mask, dim=1)
     variance = _masked_mean((rows - mean.unsqueeze(1)).square(), row_mask, dim=1)
+    return frequency_band_statistics(mean, variance).to(hidden_states.dtype)
+
+
+def frequency_band_statistics(mean: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Per-band mean and population variance over time, `(..., bands, C)` each -> the `frequency_bands` features
+    `(..., bands * 2C)`: for each band its mean, then its standard deviation."""
     # The epsilon keeps the gradient of the square root finite for a clip with a single valid row.
-    statistics = torch.cat([mean, (variance + 1e-6).sqrt()], dim=-1)
-    return statistics.flatten(1).to(hidden_states.dtype)
+    return torch.cat([mean, (variance + 1e-6).sqrt()], dim=-1).flatten(-2)
 
 
 def clip_feature_size(config: BeatsConfig, pooling: str) -> int:
