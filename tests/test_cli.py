@@ -57,3 +57,10 @@ def test_an_existing_two_part_folder_is_local_and_a_missing_local_path_is_named(
     assert resolve_source("user/model") == "user/model"  # not on disk: left to the Hub
     with pytest.raises(FileNotFoundError, match=r"No such teacher folder: './runs/other'"):
         resolve_source("./runs/other", what="teacher")
+
+
+def test_embed_with_a_mistyped_local_model_folder_names_it_at_once(tmp_path):
+    result = beats_hf("embed", "--model", "./no_such_model", "--data", str(tmp_path), "--output_dir",
+                      str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "No such model folder: './no_such_model'" in result.stderr.strip().splitlines()[-1]

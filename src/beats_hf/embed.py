@@ -35,6 +35,7 @@ from .audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
 from .configuration_beats import CLASSIFIER_POOLINGS
 from .long_audio import DEFAULT_WINDOW_SECONDS, _grid, embed_long_audio
 from .modeling_beats import clip_feature_size, pool_frequency_bands
+from .sources import resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--chunk_seconds must be positive, got {args.chunk_seconds} (--no_chunking turns chunking off)")
     chunk_seconds = None if args.no_chunking else args.chunk_seconds or DEFAULT_WINDOW_SECONDS
 
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).to(args.device).eval()
-    feature_extractor = AutoFeatureExtractor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    source = resolve_source(args.model)
+    model = AutoModel.from_pretrained(source, trust_remote_code=args.trust_remote_code).to(args.device).eval()
+    feature_extractor = AutoFeatureExtractor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
     grid = None
     if chunk_seconds is not None:
         try:  # bad window settings fail here, not after the first long file
