@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
 
 from beats_hf import (
@@ -106,19 +107,33 @@ def test_config_round_trip(tmp_path):
     [
         (dict(hidden_size=30), "divisible by `num_attention_heads`"),
         (dict(num_mel_bins=120), "multiple of `patch_size`"),
-        (dict(hidden_act="swish"), "`hidden_act` must be one of"),
+        (dict(hidden_act="swish"), "Field 'hidden_act' expected one of"),
         (dict(layer_norm_first=True, deep_norm=True), "deep_norm=True"),
         (dict(relative_position_bias=False, gated_relative_position_bias=True), "needs `relative_position_bias"),
         (dict(hidden_dropout=1.5), "`hidden_dropout` must lie in"),
         (dict(mask_ratio=1.0), "`mask_ratio`"),
         (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer"),
         (dict(num_buckets=31), "`num_buckets` must be an even integer"),
-        (dict(classifier_pooling="max"), "`classifier_pooling` must be one of"),
+        (dict(classifier_pooling="max"), "Field 'classifier_pooling' expected one of"),
+        (dict(num_hidden_layers=2.0), "Field 'num_hidden_layers' expected int"),
+        (dict(layer_norm_first=1), "Field 'layer_norm_first' expected bool"),
     ],
 )
 def test_config_validation(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    """transformers v5 style: `@strict` checks the field types on every assignment and the `validate_*` methods check
+    the values after `__init__` (and before saving)."""
+    with pytest.raises(StrictDataclassError, match=message):
         TESTER.get_config(**overrides)
+
+
+def test_config_validation_also_guards_assignment_and_saving(tmp_path):
+    config = TESTER.get_config()
+    with pytest.raises(StrictDataclassError, match="Field 'hidden_size' expected int"):
+        config.hidden_size = "32"
+    config.hidden_size = 30  # a valid type, an invalid architecture: caught before it is written
+    with pytest.raises(StrictDataclassError, match="divisible by `num_attention_heads`"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------
