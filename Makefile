@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4 libavutil57 \
 	ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont
 
-.PHONY: install test demo lint clean system-deps
+.PHONY: install test shared-tests demo lint clean system-deps
 
 system-deps:
 	@if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -28,9 +28,24 @@ $(STAMP): setup.py requirements-dev.txt
 
 install: $(STAMP)
 
+# transformers' own shared model tests (tests/test_transformers_common.py runs them on the BEATs classes) come from the
+# source distribution of the installed transformers: fetched once with pip into .cache/ (ignored by git), only its
+# tests/ folder unpacked. Without them that test file skips. `parameterized` is what test_modeling_common.py imports.
+TRANSFORMERS_SRC := .cache/transformers-src
+
+shared-tests: install
+	@version=$$($(PY) -c "import transformers; print(transformers.__version__)"); \
+	if [ ! -f $(TRANSFORMERS_SRC)/transformers-$$version/tests/test_modeling_common.py ]; then \
+		echo ">> fetching the transformers $$version source distribution for its shared tests"; \
+		mkdir -p $(TRANSFORMERS_SRC) && \
+		$(PY) -m pip download -q --no-deps --no-binary :all: transformers==$$version -d $(TRANSFORMERS_SRC) && \
+		tar -xzf $(TRANSFORMERS_SRC)/transformers-$$version.tar.gz -C $(TRANSFORMERS_SRC) transformers-$$version/tests; \
+	fi
+	@$(PY) -c "import parameterized" 2>/dev/null || $(PY) -m pip install -q parameterized
+
 # The float-sensitive tests run again on two other MKL code paths (FFT and matmul), to see here what another CPU does;
 # tests/test_mkl_code_paths.py says at the end of the first run whether those settings change anything on this CPU.
-test: install
+test: install shared-tests
 	$(PY) -m pytest -q tests
 	MKL_CBWR=AVX2 $(PY) -m pytest -q -m float_sensitive tests
 	MKL_CBWR=COMPATIBLE $(PY) -m pytest -q -m float_sensitive tests

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config as shared_tiny_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
 
@@ -361,9 +362,9 @@ def test_predictor_input_has_encoded_patches_in_place_and_the_mask_embedding_els
 
 
 def test_predictor_sizes_are_validated():
-    with pytest.raises(ValueError, match="label predictor's width \\(20\\) must be divisible by its number of heads"):
+    with pytest.raises(StrictDataclassError, match="label predictor's width \\(20\\) must be divisible by its"):
         tiny_config(predictor_hidden_size=20, predictor_num_attention_heads=3)
-    with pytest.raises(ValueError, match="`predictor_hidden_size` must be a positive integer or None"):
+    with pytest.raises(StrictDataclassError, match="`predictor_hidden_size` must be a positive integer or None"):
         tiny_config(predictor_hidden_size=0)
     config = tiny_config(**NARROW_PREDICTOR)
     predictor = config.label_predictor_config()

@@ -1,22 +1,30 @@
 """Model tests in the transformers style: a tiny-config tester and our own common checks."""
 
 import copy
+import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification
+from transformers.integrations.accelerate import compute_module_sizes
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 
 from beats_hf import (
     BeatsConfig,
     BeatsForAudioClassification,
     BeatsForAudioFrameClassification,
+    BeatsForAudioTokenization,
+    BeatsForMaskedAudioModeling,
     BeatsModel,
     BeatsRandomProjectionConfig,
     BeatsRandomProjectionForAudioTokenization,
+    BeatsTokenizationConfig,
 )
-from beats_hf.modeling_beats import BeatsPositionalConvEmbedding
+from beats_hf.modeling_beats import BeatsPositionalConvEmbedding, nearest_code
 
 
 class BeatsModelTester:
@@ -106,19 +114,33 @@ def test_config_round_trip(tmp_path):
     [
         (dict(hidden_size=30), "divisible by `num_attention_heads`"),
         (dict(num_mel_bins=120), "multiple of `patch_size`"),
-        (dict(hidden_act="swish"), "`hidden_act` must be one of"),
+        (dict(hidden_act="swish"), "Field 'hidden_act' expected one of"),
         (dict(layer_norm_first=True, deep_norm=True), "deep_norm=True"),
         (dict(relative_position_bias=False, gated_relative_position_bias=True), "needs `relative_position_bias"),
         (dict(hidden_dropout=1.5), "`hidden_dropout` must lie in"),
         (dict(mask_ratio=1.0), "`mask_ratio`"),
         (dict(num_hidden_layers=0), "`num_hidden_layers` must be a positive integer"),
         (dict(num_buckets=31), "`num_buckets` must be an even integer"),
-        (dict(classifier_pooling="max"), "`classifier_pooling` must be one of"),
+        (dict(classifier_pooling="max"), "Field 'classifier_pooling' expected one of"),
+        (dict(num_hidden_layers=2.0), "Field 'num_hidden_layers' expected int"),
+        (dict(layer_norm_first=1), "Field 'layer_norm_first' expected bool"),
     ],
 )
 def test_config_validation(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    """transformers v5 style: `@strict` checks the field types on every assignment and the `validate_*` methods check
+    the values after `__init__` (and before saving)."""
+    with pytest.raises(StrictDataclassError, match=message):
         TESTER.get_config(**overrides)
+
+
+def test_config_validation_also_guards_assignment_and_saving(tmp_path):
+    config = TESTER.get_config()
+    with pytest.raises(StrictDataclassError, match="Field 'hidden_size' expected int"):
+        config.hidden_size = "32"
+    config.hidden_size = 30  # a valid type, an invalid architecture: caught before it is written
+    with pytest.raises(StrictDataclassError, match="divisible by `num_attention_heads`"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -521,3 +543,177 @@ def test_outputs_are_independent_of_batch_composition():
     with torch.no_grad():
         a, b = model(**inputs), model(**swapped)
     torch.testing.assert_close(a.last_hidden_state[0], b.last_hidden_state[0], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# transformers conventions: what transformers' own shared tests found (tests/test_transformers_common.py runs them
+# when their files are there), each checked here without them
+# ------------------------------------------------------------------------------------------------------------------
+
+ALL_CLASSES = (
+    BeatsModel,
+    BeatsForAudioClassification,
+    BeatsForAudioFrameClassification,
+    BeatsForMaskedAudioModeling,
+    BeatsForAudioTokenization,
+    BeatsRandomProjectionForAudioTokenization,
+)
+TOKENIZER_SIZES = dict(codebook_size=16, codebook_dim=8)
+
+
+def build_any(model_class, **overrides):
+    """A tiny eval-mode model of any public class, and inputs for it."""
+    torch.manual_seed(0)
+    inputs = TESTER.get_inputs()
+    if model_class is BeatsRandomProjectionForAudioTokenization:
+        return model_class(BeatsRandomProjectionConfig(**TOKENIZER_SIZES, **overrides)).eval(), inputs
+    config = TESTER.get_config(num_target_codes=16, predictor_num_layers=1, **overrides)
+    if model_class is BeatsForAudioTokenization:
+        fields = {name: getattr(config, name) for name in BeatsConfig.__dataclass_fields__}
+        config = BeatsTokenizationConfig(**fields, **TOKENIZER_SIZES, estimator_num_layers=1)
+    if model_class is BeatsForMaskedAudioModeling:
+        num_patches = TESTER.num_frames // 16 * 8
+        inputs["bool_masked_pos"] = torch.arange(num_patches).repeat(TESTER.batch_size, 1) % 3 == 0
+    return model_class(config).eval(), inputs
+
+
+def assert_same_outputs(actual, expected):
+    assert type(actual) is type(expected) and len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        if isinstance(want, tuple):
+            assert_same_outputs(got, want)
+        else:
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# accelerate notes that masked audio modeling's `mask_embedding`, a parameter of the model itself, is not a submodule.
+@pytest.mark.filterwarnings("ignore:The following device_map keys do not match any submodules")
+@pytest.mark.parametrize("model_class", ALL_CLASSES, ids=lambda cls: cls.__name__)
+def test_device_map_with_a_cpu_and_disk_split(model_class, tmp_path):
+    """A CPU version of transformers' disk-offload test: `device_map="auto"` with room on the CPU for part of the
+    model only, the rest offloaded to disk (accelerate brings each offloaded module's weights in for its own forward).
+    The weight-norm position convolution must not be split (`_no_split_modules`), and the tokenizer must read its
+    codebook inside the quantizer's forward, or the forward meets meta tensors."""
+    model, inputs = build_any(model_class)
+    with torch.no_grad():
+        expected = model(**inputs).to_tuple()
+    model.save_pretrained(tmp_path / "saved")
+    size = compute_module_sizes(model)[0][""]
+    devices_seen = set()
+    for share in (0.5, 0.7, 0.9):
+        loaded = model_class.from_pretrained(
+            tmp_path / "saved", device_map="auto", max_memory={"cpu": int(share * size)},
+            offload_folder=tmp_path / f"offload_{share}",
+        )  # fmt: skip
+        devices = set(loaded.hf_device_map.values())
+        assert "disk" in devices
+        devices_seen |= devices
+        with torch.no_grad():
+            assert_same_outputs(loaded(**inputs).to_tuple(), expected)
+    if model_class is not BeatsRandomProjectionForAudioTokenization:  # its two weights sit on the model itself
+        assert devices_seen == {"cpu", "disk"}
+
+
+def test_the_weight_norm_convolution_is_never_split():
+    assert "BeatsPositionalConvEmbedding" in BeatsModel._no_split_modules
+    model, _ = build_any(BeatsForMaskedAudioModeling)
+    from accelerate.utils import infer_auto_device_map
+
+    size = compute_module_sizes(model)[0][""]
+    for share in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        device_map = infer_auto_device_map(
+            model, max_memory={"cpu": int(share * size)}, no_split_module_classes=model._no_split_modules
+        )
+        assert not [name for name in device_map if name.startswith("beats.encoder.pos_conv_embed.")], device_map
+
+
+def test_the_quantizer_looks_codes_up_in_its_own_forward():
+    model, inputs = build_any(BeatsForAudioTokenization)
+    with torch.no_grad():
+        encoded = model.beats(**inputs)
+        codes = model.quantizer(encoded.last_hidden_state, encoded.patch_mask, return_codes=True)
+        vectors = model.quantizer(encoded.last_hidden_state)  # the training loop's call: vectors only
+        outputs = model(**inputs)
+    torch.testing.assert_close(vectors, outputs.embeddings, rtol=0, atol=0)
+    for name in ("token_ids", "patch_mask", "quantized", "embeddings"):
+        torch.testing.assert_close(getattr(codes, name), getattr(outputs, name), rtol=0, atol=0)
+    valid = outputs.patch_mask
+    expected = nearest_code(vectors, model.quantizer.codebook)
+    assert torch.equal(outputs.token_ids[valid], expected[valid]) and (outputs.token_ids[~valid] == -100).all()
+
+
+@pytest.mark.parametrize("model_class", (BeatsForAudioClassification, BeatsForAudioFrameClassification))
+def test_weighted_layer_sum_returns_only_the_hidden_states_asked_for(model_class):
+    """The weighted sum needs every hidden state, but the head returns them as the encoder would: none unless asked,
+    all for True, and for a selection of indices those (negative ones count from the end) with None at the others."""
+    model, inputs = build_any(model_class, use_weighted_layer_sum=True)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        plain = model(**inputs)
+        every = model(**inputs, output_hidden_states=True)
+        chosen = model(**inputs, output_hidden_states=[0, -1])
+        attentions_only = model(**inputs, output_attentions=True)
+        expected = model.beats(**inputs, output_hidden_states=True).hidden_states
+    assert plain.hidden_states is None and list(plain.keys()) == ["logits"]
+    assert attentions_only.hidden_states is None and list(attentions_only.keys()) == ["logits", "attentions"]
+    assert len(attentions_only.attentions) == model.config.num_hidden_layers
+    assert_same_outputs(every.hidden_states, expected)
+    assert len(chosen.hidden_states) == len(expected) == 3
+    assert chosen.hidden_states[1] is None
+    torch.testing.assert_close(chosen.hidden_states[0], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(chosen.hidden_states[2], expected[2], rtol=0, atol=0)
+    for outputs in (every, chosen, attentions_only):
+        torch.testing.assert_close(outputs.logits, plain.logits, rtol=0, atol=0)  # the head itself is unchanged
+
+
+@pytest.mark.parametrize("model_class", ALL_CLASSES, ids=lambda cls: cls.__name__)
+def test_return_dict_false_gives_the_same_outputs_as_a_tuple(model_class):
+    """`return_dict=False` (or `config.return_dict=False`) gives `to_tuple()` of the dict outputs, `patch_mask`
+    included as the same bool tensor (the random-projection tokenizer used to ignore it)."""
+    model, inputs = build_any(model_class)
+    with torch.no_grad():
+        as_dict = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+        model.config.return_dict = False
+        from_config = model(**inputs)
+    assert isinstance(as_tuple, tuple) and isinstance(from_config, tuple)
+    assert_same_outputs(as_tuple, as_dict.to_tuple())
+    assert_same_outputs(from_config, as_dict.to_tuple())
+    if "patch_mask" in as_dict:
+        assert as_dict.patch_mask.dtype == torch.bool
+
+
+@pytest.mark.parametrize("model_class", ALL_CLASSES, ids=lambda cls: cls.__name__)
+def test_forward_kwargs_are_typed_for_transformers(model_class):
+    """`**kwargs: Unpack[TransformersKwargs]` is how transformers sees that a model can return attentions (the shared
+    tests and `_can_output_attn` read the annotation); the tokenizers return codes only, and say nothing."""
+    annotation = inspect.signature(model_class.forward).parameters["kwargs"].annotation
+    if model_class in (BeatsForAudioTokenization, BeatsRandomProjectionForAudioTokenization):
+        assert annotation is inspect.Parameter.empty
+    else:
+        assert annotation == Unpack[TransformersKwargs]
+        assert {"output_attentions", "output_hidden_states"} <= set(TransformersKwargs.__annotations__)
+
+
+def test_losses_are_transformers_own_and_not_rescaled_by_trainer(tmp_path):
+    """The clip head takes transformers' sequence-classification loss and the frame head its token-classification loss
+    (`self.loss_function`), both per-batch means, so Trainer must not pass `num_items_in_batch` and then skip its
+    gradient-accumulation division (`accepts_loss_kwargs = False`)."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.loss.loss_utils import ForSequenceClassificationLoss, ForTokenClassification
+
+    clip, inputs = build_any(BeatsForAudioClassification)
+    frame, _ = build_any(BeatsForAudioFrameClassification)
+    assert clip.loss_function is ForSequenceClassificationLoss and frame.loss_function is ForTokenClassification
+    labels = torch.tensor([0, 3, 4])
+    outputs = clip(**inputs, labels=labels)
+    torch.testing.assert_close(outputs.loss, F.cross_entropy(outputs.logits, labels))
+    rows = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [1, 1, -100, -100, -100]])
+    outputs = frame(**inputs, labels=rows)
+    torch.testing.assert_close(outputs.loss, F.cross_entropy(outputs.logits.flatten(0, 1), rows.flatten()))
+    assert frame.config.problem_type is None  # the token-classification loss leaves the config alone
+    for model in (clip, frame):
+        assert model.accepts_loss_kwargs is False
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+        assert Trainer(model=model, args=args).model_accepts_loss_kwargs is False

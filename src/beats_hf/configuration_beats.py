@@ -1,13 +1,21 @@
 """Configurations of BEATs models: the encoder family, the acoustic tokenizer and the random-projection tokenizer."""
 
 import copy
+from typing import Literal, get_args
 
+from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-_ACTIVATIONS = ("gelu", "gelu_accurate", "relu", "tanh", "linear")
-CLASSIFIER_POOLINGS = ("mean", "frequency_bands")
+HiddenAct = Literal["gelu", "gelu_accurate", "relu", "tanh", "linear"]
+ClassifierPooling = Literal["mean", "frequency_bands"]
+CLASSIFIER_POOLINGS = get_args(ClassifierPooling)
 
 
+# The transformers v5 style (as ASTConfig): the arguments are dataclass fields whose types `@strict` checks on every
+# assignment, and the checks between fields are `validate_*` methods that run after `__init__` and before
+# `save_pretrained`. A failed check raises `huggingface_hub.errors.StrictDataclassFieldValidationError` (a wrong type)
+# or `StrictDataclassClassValidationError` (a bad value), with the field and the reason in the message.
+@strict
 class BeatsConfig(PretrainedConfig):
     r"""
     Configuration of a BEATs encoder ([`BeatsModel`]) and of the models built on it ([`BeatsForAudioClassification`],
@@ -98,92 +106,50 @@ class BeatsConfig(PretrainedConfig):
 
     model_type = "beats_hf"
 
-    def __init__(
-        self,
-        num_mel_bins: int = 128,
-        patch_size: int = 16,
-        patch_embedding_dim: int = 512,
-        patch_embedding_bias: bool = False,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        layer_norm_first: bool = False,
-        deep_norm: bool = True,
-        hidden_dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        input_dropout: float = 0.0,
-        layerdrop: float = 0.05,
-        layer_wise_gradient_decay_ratio: float = 0.6,
-        num_conv_pos_embeddings: int = 128,
-        num_conv_pos_embedding_groups: int = 16,
-        relative_position_bias: bool = True,
-        gated_relative_position_bias: bool = True,
-        num_buckets: int = 320,
-        max_bucket_distance: int = 800,
-        layer_norm_eps: float = 1e-5,
-        initializer_range: float = 0.02,
-        classifier_dropout: float = 0.0,
-        use_weighted_layer_sum: bool = False,
-        classifier_pooling: str = "mean",
-        mask_ratio: float = 0.75,
-        num_target_codes: int = 1024,
-        predictor_num_layers: int = 3,
-        predictor_hidden_size: int | None = None,
-        predictor_num_attention_heads: int | None = None,
-        predictor_intermediate_size: int | None = None,
-        label_smoothing: float = 0.0,
-        **kwargs,
-    ):
-        self.num_mel_bins = num_mel_bins
-        self.patch_size = patch_size
-        self.patch_embedding_dim = patch_embedding_dim
-        self.patch_embedding_bias = patch_embedding_bias
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.layer_norm_first = layer_norm_first
-        self.deep_norm = deep_norm
-        self.hidden_dropout = hidden_dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.input_dropout = input_dropout
-        self.layerdrop = layerdrop
-        self.layer_wise_gradient_decay_ratio = layer_wise_gradient_decay_ratio
-        self.num_conv_pos_embeddings = num_conv_pos_embeddings
-        self.num_conv_pos_embedding_groups = num_conv_pos_embedding_groups
-        self.relative_position_bias = relative_position_bias
-        self.gated_relative_position_bias = gated_relative_position_bias
-        self.num_buckets = num_buckets
-        self.max_bucket_distance = max_bucket_distance
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.classifier_dropout = classifier_dropout
-        self.use_weighted_layer_sum = use_weighted_layer_sum
-        self.classifier_pooling = classifier_pooling
-        self.mask_ratio = mask_ratio
-        self.num_target_codes = num_target_codes
-        self.predictor_num_layers = predictor_num_layers
-        self.predictor_hidden_size = predictor_hidden_size
-        self.predictor_num_attention_heads = predictor_num_attention_heads
-        self.predictor_intermediate_size = predictor_intermediate_size
-        self.label_smoothing = label_smoothing
-        super().__init__(**kwargs)
-        self._validate()
+    num_mel_bins: int = 128
+    patch_size: int = 16
+    patch_embedding_dim: int = 512
+    patch_embedding_bias: bool = False
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: HiddenAct = "gelu"
+    layer_norm_first: bool = False
+    deep_norm: bool = True
+    hidden_dropout: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    activation_dropout: float | int = 0.0
+    input_dropout: float | int = 0.0
+    layerdrop: float | int = 0.05
+    layer_wise_gradient_decay_ratio: float | int = 0.6
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    relative_position_bias: bool = True
+    gated_relative_position_bias: bool = True
+    num_buckets: int = 320
+    max_bucket_distance: int = 800
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    classifier_dropout: float | int = 0.0
+    use_weighted_layer_sum: bool = False
+    classifier_pooling: ClassifierPooling = "mean"
+    mask_ratio: float = 0.75
+    num_target_codes: int = 1024
+    predictor_num_layers: int = 3
+    predictor_hidden_size: int | None = None
+    predictor_num_attention_heads: int | None = None
+    predictor_intermediate_size: int | None = None
+    label_smoothing: float | int = 0.0
 
     @property
     def num_frequency_patches(self) -> int:
         """Patches per row of 16 frames (8 for 128 mel bins)."""
         return self.num_mel_bins // self.patch_size
 
-    def _validate(self) -> None:
-        def fail(message: str) -> None:
-            raise ValueError(f"Invalid {type(self).__name__}: {message}")
-
+    def validate_architecture(self) -> None:
+        """Sizes that must be positive and the divisibilities the layers need."""
+        super().validate_architecture()
         for name in (
             "num_mel_bins",
             "patch_size",
@@ -196,55 +162,63 @@ class BeatsConfig(PretrainedConfig):
             "num_conv_pos_embedding_groups",
             "num_target_codes",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                fail(f"`{name}` must be a positive integer, got {value!r}.")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
         if self.num_mel_bins % self.patch_size:
-            fail(f"`num_mel_bins` ({self.num_mel_bins}) must be a multiple of `patch_size` ({self.patch_size}).")
+            raise ValueError(
+                f"`num_mel_bins` ({self.num_mel_bins}) must be a multiple of `patch_size` ({self.patch_size})."
+            )
         if self.hidden_size % self.num_attention_heads:
-            fail(
+            raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
         if self.hidden_size % self.num_conv_pos_embedding_groups:
-            fail(
+            raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_conv_pos_embedding_groups` "
                 f"({self.num_conv_pos_embedding_groups})."
             )
-        if self.hidden_act not in _ACTIVATIONS:
-            fail(f"`hidden_act` must be one of {_ACTIVATIONS}, got {self.hidden_act!r}.")
-        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
-            fail(f"`classifier_pooling` must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}.")
         if self.deep_norm and self.layer_norm_first:
-            fail("`deep_norm=True` needs post-LN layers: set `layer_norm_first=False` or `deep_norm=False`.")
+            raise ValueError(
+                "`deep_norm=True` needs post-LN layers: set `layer_norm_first=False` or `deep_norm=False`."
+            )
+
+    def validate_relative_position_bias(self) -> None:
         if self.relative_position_bias:
             if self.num_buckets < 4 or self.num_buckets % 2:
-                fail(f"`num_buckets` must be an even integer >= 4, got {self.num_buckets!r}.")
+                raise ValueError(f"`num_buckets` must be an even integer >= 4, got {self.num_buckets!r}.")
             if self.max_bucket_distance <= self.num_buckets // 4:
-                fail(
+                raise ValueError(
                     f"`max_bucket_distance` ({self.max_bucket_distance}) must exceed num_buckets // 4 "
                     f"({self.num_buckets // 4}), where logarithmic bucketing starts."
                 )
         elif self.gated_relative_position_bias:
-            fail("`gated_relative_position_bias=True` needs `relative_position_bias=True`.")
+            raise ValueError("`gated_relative_position_bias=True` needs `relative_position_bias=True`.")
+
+    def validate_training(self) -> None:
+        """Probabilities and ratios."""
         for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "input_dropout", "layerdrop",
                      "classifier_dropout", "label_smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                fail(f"`{name}` must lie in [0, 1), got {value!r}.")
+                raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
         if not 0.0 < self.mask_ratio < 1.0:
-            fail(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio!r}.")
+            raise ValueError(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio!r}.")
         if not 0.0 < self.layer_wise_gradient_decay_ratio <= 1.0:
-            fail(f"`layer_wise_gradient_decay_ratio` must lie in (0, 1], got {self.layer_wise_gradient_decay_ratio!r}.")
+            raise ValueError(
+                f"`layer_wise_gradient_decay_ratio` must lie in (0, 1], got {self.layer_wise_gradient_decay_ratio!r}."
+            )
+
+    def validate_label_predictor(self) -> None:
         if self.predictor_num_layers < 0:
-            fail(f"`predictor_num_layers` must be >= 0, got {self.predictor_num_layers!r}.")
+            raise ValueError(f"`predictor_num_layers` must be >= 0, got {self.predictor_num_layers!r}.")
         for name in ("predictor_hidden_size", "predictor_num_attention_heads", "predictor_intermediate_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                fail(f"`{name}` must be a positive integer or None, got {value!r}.")
+            if value is not None and value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}.")
         predictor = self.label_predictor_config()
         if predictor.hidden_size % predictor.num_attention_heads:
-            fail(
+            raise ValueError(
                 f"the label predictor's width ({predictor.hidden_size}) must be divisible by its number of heads "
                 f"({predictor.num_attention_heads}): set `predictor_num_attention_heads`."
             )
@@ -265,6 +239,7 @@ class BeatsConfig(PretrainedConfig):
         return predictor
 
 
+@strict
 class BeatsTokenizationConfig(BeatsConfig):
     r"""
     Configuration of a BEATs acoustic tokenizer ([`BeatsForAudioTokenization`]): a BEATs encoder, a quantizer
@@ -287,29 +262,21 @@ class BeatsTokenizationConfig(BeatsConfig):
 
     model_type = "beats_hf_tokenization"
 
-    def __init__(
-        self,
-        codebook_size: int = 1024,
-        codebook_dim: int = 256,
-        codebook_decay: float = 0.99,
-        commitment_weight: float = 1.0,
-        estimator_num_layers: int = 3,
-        **kwargs,
-    ):
-        self.codebook_size = codebook_size
-        self.codebook_dim = codebook_dim
-        self.codebook_decay = codebook_decay
-        self.commitment_weight = commitment_weight
-        self.estimator_num_layers = estimator_num_layers
-        super().__init__(**kwargs)
+    codebook_size: int = 1024
+    codebook_dim: int = 256
+    codebook_decay: float = 0.99
+    commitment_weight: float | int = 1.0
+    estimator_num_layers: int = 3
+
+    def validate_codebook(self) -> None:
         for name in ("codebook_size", "codebook_dim", "estimator_num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Invalid {type(self).__name__}: `{name}` must be a positive integer, got {value!r}.")
-        if not 0.0 < codebook_decay < 1.0:
-            raise ValueError(f"Invalid {type(self).__name__}: `codebook_decay` must lie in (0, 1), got {codebook_decay!r}.")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        if not 0.0 < self.codebook_decay < 1.0:
+            raise ValueError(f"`codebook_decay` must lie in (0, 1), got {self.codebook_decay!r}.")
 
 
+@strict
 class BeatsRandomProjectionConfig(PretrainedConfig):
     r"""
     Configuration of the iteration-1 random-projection tokenizer ([`BeatsRandomProjectionForAudioTokenization`],
@@ -326,29 +293,20 @@ class BeatsRandomProjectionConfig(PretrainedConfig):
 
     model_type = "beats_hf_random_projection"
 
-    def __init__(
-        self,
-        num_mel_bins: int = 128,
-        patch_size: int = 16,
-        codebook_size: int = 1024,
-        codebook_dim: int = 256,
-        seed: int = 0,
-        **kwargs,
-    ):
-        self.num_mel_bins = num_mel_bins
-        self.patch_size = patch_size
-        self.codebook_size = codebook_size
-        self.codebook_dim = codebook_dim
-        self.seed = seed
-        super().__init__(**kwargs)
+    num_mel_bins: int = 128
+    patch_size: int = 16
+    codebook_size: int = 1024
+    codebook_dim: int = 256
+    seed: int = 0
+
+    def validate_architecture(self) -> None:
+        super().validate_architecture()
         for name in ("num_mel_bins", "patch_size", "codebook_size", "codebook_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Invalid {type(self).__name__}: `{name}` must be a positive integer, got {value!r}.")
-        if num_mel_bins % patch_size:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        if self.num_mel_bins % self.patch_size:
             raise ValueError(
-                f"Invalid {type(self).__name__}: `num_mel_bins` ({num_mel_bins}) must be a multiple of `patch_size` "
-                f"({patch_size})."
+                f"`num_mel_bins` ({self.num_mel_bins}) must be a multiple of `patch_size` ({self.patch_size})."
             )
 
     @property

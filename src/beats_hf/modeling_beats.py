@@ -21,13 +21,22 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_beats import BeatsConfig, BeatsRandomProjectionConfig, BeatsTokenizationConfig
 
 logger = logging.get_logger(__name__)
+
+# Docstrings are written out, not generated with transformers' `@auto_docstring`. Tried on a BEATs head with
+# transformers 5.24 (a model outside the library), it ran but documented it wrongly: the config class is looked up in
+# transformers' own model tables, so the class docstring named the model class as its config and the forward's
+# "Returns" read "depending on the configuration ([`None`])"; arguments left to its defaults got text for other
+# modalities (`attention_mask` as a token mask, `labels` as masked-LM labels), so every argument had to be written out
+# anyway; and it derives the model name from the file's path, which raised IndexError when the module came from a
+# path of fewer than three parts (code run from stdin).
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,7 +363,7 @@ class BeatsAttention(nn.Module):
         position_bias: torch.Tensor | None,
         key_padding_mask: torch.Tensor | None,
         attention_workspace: dict | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
         hidden_shape = (batch_size, length, self.num_heads, self.head_dim)
@@ -437,7 +446,7 @@ class BeatsEncoderLayer(GradientCheckpointingLayer):
         position_bias: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         dropped: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if dropped:  # layerdrop
             return hidden_states, None
@@ -473,7 +482,7 @@ class BeatsEncoder(nn.Module):
         hidden_states: torch.Tensor,
         patch_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BeatsModelOutput:
         batch_size, num_patches, _ = hidden_states.shape
         visible = patch_mask
@@ -551,7 +560,9 @@ class BeatsPreTrainedModel(_ChecksLoadedWeights, PreTrainedModel):
     main_input_name = "input_features"
     input_modalities = ("audio",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BeatsEncoderLayer"]
+    # The weight-norm position convolution computes its weight from two parameters (`parametrizations.weight`) at
+    # every call: with `device_map`, they must sit on one device (as HuBERT declares "ParametrizedConv1d").
+    _no_split_modules = ["BeatsEncoderLayer", "BeatsPositionalConvEmbedding"]
     _supports_sdpa = True
     _supports_flash_attn = False  # the bias is an arbitrary float mask
     _supports_flex_attn = False
@@ -633,7 +644,7 @@ class BeatsModel(BeatsPreTrainedModel):
         input_features: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BeatsModelOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
@@ -687,7 +698,9 @@ def clip_feature_size(config: BeatsConfig, pooling: str) -> int:
 
 
 def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Loss chosen by `config.problem_type` (inferred from the labels when unset, as transformers does)."""
+    """Loss chosen by `config.problem_type` (inferred from the labels when unset, as transformers does), in float32.
+    The frame head uses it for targets that transformers' token-classification loss does not take (multi-hot rows,
+    regression)."""
     num_labels = logits.shape[-1]
     if config.problem_type is None:
         if num_labels == 1:
@@ -703,6 +716,20 @@ def _classification_loss(config: BeatsConfig, logits: torch.Tensor, labels: torc
     if config.problem_type == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
     raise ValueError(f"Unknown problem_type {config.problem_type!r}.")
+
+
+def requested_hidden_states(
+    hidden_states: tuple[torch.Tensor, ...], requested: bool | int | list[int] | None
+) -> tuple[torch.Tensor | None, ...] | None:
+    """The part of `hidden_states` (all of them) that `output_hidden_states=requested` asks for: none, all, or, for an
+    index or a list of indices (negative ones count from the end), all positions with None at the others, as
+    transformers' `capture_outputs` returns a selection."""
+    if requested is None or isinstance(requested, bool):
+        return hidden_states if requested else None
+    indices = [requested] if isinstance(requested, int) else list(requested)
+    count = len(hidden_states)
+    kept = {index % count for index in indices if -count <= index < count}
+    return tuple(state if index in kept else None for index, state in enumerate(hidden_states))
 
 
 class _BeatsHeadMixin:
@@ -725,23 +752,33 @@ class _BeatsHeadMixin:
         for parameter in self.beats.parameters():
             parameter.requires_grad = False
 
-    def _encode(self, input_features, attention_mask, kwargs) -> tuple[torch.Tensor, torch.Tensor | None, BeatsModelOutput]:
-        if self.config.use_weighted_layer_sum:
-            kwargs["output_hidden_states"] = True
-        outputs = self.beats(input_features, attention_mask=attention_mask, **kwargs)
-        if self.config.use_weighted_layer_sum:
-            stacked = torch.stack(outputs.hidden_states, dim=0)
-            weights = F.softmax(self.layer_weights, dim=0).to(stacked.dtype)
-            hidden_states = (stacked * weights.view(-1, 1, 1, 1)).sum(0)
-        else:
-            hidden_states = outputs.last_hidden_state
-        return hidden_states, outputs.patch_mask, outputs
+    def _encode(self, input_features, attention_mask, kwargs) -> tuple:
+        """-> (the patch states the head reads, the patch mask, the hidden states and attentions to return).
+
+        The weighted layer sum needs every hidden state, but the head returns only those the caller asked for with
+        `output_hidden_states` (all, none, or a selection of indices), as the bare encoder would. The encoder always
+        returns its dataclass here (`return_dict=True`): `config.return_dict=False` shapes the head's own output."""
+        kwargs = {**kwargs, "return_dict": True}
+        if not self.config.use_weighted_layer_sum:
+            outputs = self.beats(input_features, attention_mask=attention_mask, **kwargs)
+            return outputs.last_hidden_state, outputs.patch_mask, outputs.hidden_states, outputs.attentions
+        requested = kwargs.get("output_hidden_states", self.config.output_hidden_states)
+        outputs = self.beats(input_features, attention_mask=attention_mask, **{**kwargs, "output_hidden_states": True})
+        stacked = torch.stack(outputs.hidden_states, dim=0)
+        weights = F.softmax(self.layer_weights, dim=0).to(stacked.dtype)
+        hidden_states = (stacked * weights.view(-1, 1, 1, 1)).sum(0)
+        returned = requested_hidden_states(outputs.hidden_states, requested)
+        return hidden_states, outputs.patch_mask, returned, outputs.attentions
 
 
 class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
     """BEATs with the official fine-tuning head: a linear layer per patch, averaged over the valid patches; or, with
     `config.classifier_pooling="frequency_bands"`, a linear layer over per-band statistics (see `BeatsConfig`).
     Returns logits (apply a sigmoid for AudioSet probabilities, a softmax for single-label tasks)."""
+
+    # The loss is this batch's mean: Trainer must not pass `num_items_in_batch` and then skip its division by the
+    # gradient accumulation steps (or multiply by the number of processes), as it does for models that take **kwargs.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
@@ -752,7 +789,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
     def clip_features(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the head's linear layer sees, `(batch, classifier.in_features)`: without dropout, the logits are
         `classifier(clip_features)`. For fitting the head as a linear probe."""
-        hidden_states, patch_mask, _ = self._encode(input_features, attention_mask, {})
+        hidden_states, patch_mask, _, _ = self._encode(input_features, attention_mask, {})
         return self._pool(hidden_states, patch_mask)
 
     def _pool(self, hidden_states: torch.Tensor, patch_mask: torch.Tensor | None) -> torch.Tensor:
@@ -767,7 +804,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
         input_features: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
@@ -778,15 +815,18 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
             Class indices (single-label), multi-hot targets (multi-label, AudioSet) or values (regression); the loss
             follows `config.problem_type`.
         """
-        hidden_states, patch_mask, outputs = self._encode(input_features, attention_mask, kwargs)
+        hidden_states, patch_mask, all_hidden_states, attentions = self._encode(input_features, attention_mask, kwargs)
         if self.config.classifier_pooling == "frequency_bands":
             logits = self.classifier(self.dropout(self._pool(hidden_states, patch_mask)))
         else:  # as the official head: logits per patch (dropout per patch), then the mean over valid patches
             patch_logits = self.classifier(self.dropout(hidden_states))
             logits = _masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
-        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            # transformers' sequence-classification loss (by `config.problem_type`), from float32 logits.
+            loss = self.loss_function(labels, logits.float(), self.config)
         return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=attentions
         )
 
 
@@ -794,9 +834,14 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
     """BEATs with a per-frame head for sound event detection: one prediction per row of 16 fbank frames (160 ms),
     from the mean of the row's frequency patches."""
 
+    accepts_loss_kwargs = False  # a mean loss, as the clip head's
+
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
         self._build_head(config, config.hidden_size)  # one row = the mean of its frequency patches
+        # transformers picks `self.loss_function` from the class name, and has no entry for frame classification: a
+        # class index per row is token classification (cross-entropy, -100 ignored).
+        self.loss_type = "ForTokenClassification"
         self.post_init()
 
     @can_return_tuple
@@ -805,7 +850,7 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
         input_features: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
@@ -816,22 +861,23 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
             Per-row targets: class indices (-100 is ignored) or multi-hot vectors (padded rows must be masked by the
             caller with -100 for single-label).
         """
-        hidden_states, patch_mask, outputs = self._encode(input_features, attention_mask, kwargs)
+        hidden_states, patch_mask, all_hidden_states, attentions = self._encode(input_features, attention_mask, kwargs)
         batch_size, num_patches, hidden_size = hidden_states.shape
         bands = self.config.num_frequency_patches
         rows = hidden_states.view(batch_size, num_patches // bands, bands, hidden_size).mean(2)
         logits = self.classifier(self.dropout(rows))
         loss = None
         if labels is not None:
-            if patch_mask is not None and labels.dtype not in (torch.long, torch.int):
+            integer_labels = labels.dtype in (torch.long, torch.int)
+            if patch_mask is not None and not integer_labels:
                 row_mask = patch_mask.view(batch_size, -1, bands)[..., 0]
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
                 loss = _masked_mean(loss.mean(-1), row_mask, dim=(0, 1))
+            elif integer_labels and self.config.problem_type in (None, "single_label_classification"):
+                loss = self.loss_function(logits.float(), labels, self.config)
             else:
                 loss = _classification_loss(self.config, logits, labels)
-        return TokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=attentions)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -949,7 +995,7 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BeatsMaskedAudioModelingOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
@@ -979,7 +1025,9 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
             raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected ({batch_size}, {num_patches}).")
         bool_masked_pos = bool_masked_pos.bool()
 
-        outputs = self.beats(input_features, attention_mask=attention_mask, bool_masked_pos=bool_masked_pos, **kwargs)
+        outputs = self.beats(
+            input_features, attention_mask=attention_mask, bool_masked_pos=bool_masked_pos, return_dict=True, **kwargs
+        )
         encoded = outputs.last_hidden_state
         patch_valid = self.compute_patch_mask(attention_mask, num_patches)
         if patch_valid is None:
@@ -1065,8 +1113,19 @@ class BeatsQuantizer(nn.Module):
         # Trained by exponential moving average, never by the optimiser.
         self.codebook = nn.Parameter(torch.empty(config.codebook_size, config.codebook_dim), requires_grad=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(hidden_states), dim=-1)
+    def forward(
+        self, hidden_states: torch.Tensor, patch_mask: torch.Tensor | None = None, return_codes: bool = False
+    ) -> torch.Tensor | BeatsTokenizationOutput:
+        """Encoder states -> the L2-normalised vectors `(batch, patches, codebook_dim)`; with `return_codes=True`, the
+        [`BeatsTokenizationOutput`] of their nearest codes (`patch_mask`: True at valid patches).
+
+        The lookup happens here, in the module that owns the codebook: with `device_map` offloading, accelerate brings
+        a module's weights onto the execution device only while its own forward runs, so a codebook read outside this
+        call would still be on the meta device."""
+        embeddings = F.normalize(self.projection(hidden_states), dim=-1)
+        if not return_codes:
+            return embeddings
+        return _tokenization_output(embeddings, self.codebook, patch_mask)
 
 
 class BeatsForAudioTokenization(BeatsPreTrainedModel):
@@ -1081,6 +1140,7 @@ class BeatsForAudioTokenization(BeatsPreTrainedModel):
         self.quantizer = BeatsQuantizer(config)
         self.post_init()
 
+    # Its kwargs are not `Unpack[TransformersKwargs]`: a tokenizer returns codes, never hidden states or attentions.
     @can_return_tuple
     def forward(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
@@ -1091,9 +1151,8 @@ class BeatsForAudioTokenization(BeatsPreTrainedModel):
         attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
             1 for real frames, 0 for padding.
         """
-        outputs = self.beats(input_features, attention_mask=attention_mask, **kwargs)
-        embeddings = self.quantizer(outputs.last_hidden_state)
-        return _tokenization_output(embeddings, self.quantizer.codebook, outputs.patch_mask)
+        outputs = self.beats(input_features, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return self.quantizer(outputs.last_hidden_state, outputs.patch_mask, return_codes=True)
 
 
 class BeatsRandomProjectionForAudioTokenization(_ChecksLoadedWeights, PreTrainedModel):
@@ -1134,6 +1193,7 @@ class BeatsRandomProjectionForAudioTokenization(_ChecksLoadedWeights, PreTrained
         patches = input_features[:, : rows * size].reshape(batch_size, rows, size, num_bins // size, size)
         return patches.permute(0, 1, 3, 2, 4).reshape(batch_size, rows * (num_bins // size), size * size)
 
+    @can_return_tuple
     def forward(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> BeatsTokenizationOutput:
