@@ -30,7 +30,7 @@ install: $(STAMP)
 
 # transformers' own shared model tests (tests/test_transformers_common.py runs them on the BEATs classes) come from the
 # source distribution of the installed transformers: fetched once with pip into .cache/ (ignored by git), only its
-# tests/ folder unpacked. Without them that test file skips. `parameterized` is what test_modeling_common.py imports.
+# tests/ folder unpacked. Without them that test file skips (`parameterized`, which they import, is in requirements-dev.txt).
 TRANSFORMERS_SRC := .cache/transformers-src
 
 shared-tests: install
@@ -41,7 +41,6 @@ shared-tests: install
 		$(PY) -m pip download -q --no-deps --no-binary :all: transformers==$$version -d $(TRANSFORMERS_SRC) && \
 		tar -xzf $(TRANSFORMERS_SRC)/transformers-$$version.tar.gz -C $(TRANSFORMERS_SRC) transformers-$$version/tests; \
 	fi
-	@$(PY) -c "import parameterized" 2>/dev/null || $(PY) -m pip install -q parameterized
 
 # The float-sensitive tests run again on two other MKL code paths (FFT and matmul), to see here what another CPU does;
 # tests/test_mkl_code_paths.py says at the end of the first run whether those settings change anything on this CPU.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from beats_hf import (
     BeatsConfig,
@@ -239,7 +240,7 @@ def config_from_official(checkpoint: dict) -> BeatsConfig:
         return BeatsConfig(**kwargs)
     except ConversionError:
         raise
-    except (TypeError, ValueError) as error:  # BeatsConfig's own validation
+    except (TypeError, ValueError, StrictDataclassError) as error:  # BeatsConfig's own validation
         raise ConversionError(f"the checkpoint's cfg describes no valid BEATs model: {error}") from error
 
 

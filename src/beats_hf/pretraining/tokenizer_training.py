@@ -11,22 +11,25 @@ and the codebook follows the norm-EMA update of `quantization.NormEmaCodebook`. 
 the estimator and the EMA statistics live in the Trainer checkpoints, for resuming.
 """
 
+import dataclasses
 import hashlib
-import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedConfig, Trainer
 from transformers.utils import ModelOutput
 
 from ..configuration_beats import BeatsConfig, BeatsTokenizationConfig
 from ..modeling_beats import BeatsEncoder, BeatsForAudioTokenization, BeatsModel, BeatsPreTrainedModel, nearest_code
 from .quantization import NormEmaCodebook, codebook_perplexity, codebook_usage
 
+# BeatsConfig's own fields, without PreTrainedConfig's (labels, architectures, dtype...): a fine-tuned teacher's labels
+# must not reach the student's config.
 _BEATS_CONFIG_ARGUMENTS = tuple(
-    name for name in inspect.signature(BeatsConfig.__init__).parameters if name not in ("self", "kwargs")
+    field.name for field in dataclasses.fields(BeatsConfig)
+    if field.name not in {base.name for base in dataclasses.fields(PreTrainedConfig)}
 )
 
 
