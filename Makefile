@@ -49,8 +49,9 @@ test: install shared-tests
 	MKL_CBWR=AVX2 $(PY) -m pytest -q -m float_sensitive tests
 	MKL_CBWR=COMPATIBLE $(PY) -m pytest -q -m float_sensitive tests
 
+# The demo lives beside the package (demo/), not in it: run from the repository root.
 demo: install
-	$(PY) -m beats_hf.cli demo
+	$(PY) -m demo.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/demo_pretraining_bf16.py [--threads 2] [--repeats 7]
 
-`make demo` turns on bf16 autocast where `beats_hf.demo.run.bf16_is_fast` finds bf16 matrix units (AVX512-BF16 or
+`make demo` turns on bf16 autocast where `beats_hf.precision.bf16_is_fast` finds bf16 matrix units (AVX512-BF16 or
 AMX on a CPU). This measures what that buys: one full optimisation step (forward, backward, AdamW) of the `small`
 pre-training preset on the demo's batch (16 clips x 2 s, 75 % of the patches masked, random labels; layerdrop off so
 that every step does the same work), fp32 and autocast timed alternately in one process. On a CPU without bf16 units
@@ -12,11 +12,19 @@ autocast is emulated and the ratio is above 1, which is why the demo checks firs
 
 import numpy as np
 import torch
-from common import base_parser, machine_description, paired_ratio, print_table, set_threads, summarize
-from common import time_alternating, write_results
+from common import (
+    base_parser,
+    machine_description,
+    paired_ratio,
+    print_table,
+    set_threads,
+    summarize,
+    time_alternating,
+    write_results,
+)
 
 from beats_hf import BeatsForMaskedAudioModeling
-from beats_hf.demo.run import bf16_is_fast
+from beats_hf.precision import bf16_is_fast
 from beats_hf.pretraining.masking import compute_patch_mask
 from beats_hf.pretraining.pretrain import preset_config
 

@@ -59,7 +59,7 @@ def render_recording(minutes: float = 10.0, seed: int = 0) -> tuple[np.ndarray, 
     fluidsynth = shutil.which("fluidsynth")
     if fluidsynth is None or not SOUNDFONT.is_file():
         return generated_signal(minutes, seed), "generated signal (no fluidsynth or soundfont)"
-    from beats_hf.demo.corpus import midi_file
+    from demo.corpus import midi_file
 
     rng = np.random.default_rng(seed)
     events, tick, end = [], 0, int(minutes * 60_000)  # one tick = 1 ms

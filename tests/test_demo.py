@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT
 
-from beats_hf.demo import corpus  # noqa: F401  (fails early if the corpus builder is missing)
-from beats_hf.demo.run import program_bootstrap
+from demo import corpus  # noqa: F401  (fails early if the corpus builder is missing)
+from demo.run import program_bootstrap
 
 SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 
@@ -17,8 +18,8 @@ SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 def test_fast_demo_end_to_end(tmp_path):
     env = {**os.environ, "DEMO_FAST": "1"}
     completed = subprocess.run(
-        [sys.executable, "-m", "beats_hf.cli", "demo", "--output_dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "demo.run", "--output_dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = tmp_path / "report"

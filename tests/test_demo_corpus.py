@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from beats_hf.demo import corpus as corpus_module
-from beats_hf.demo.baseline import logmel_baseline
-from beats_hf.demo.corpus import FAMILIES, build_corpus, midi_file
-
+from demo import corpus as corpus_module
+from demo.baseline import logmel_baseline
+from demo.corpus import FAMILIES, build_corpus, midi_file
 
 TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")  # small GM bank (timgm6mb-soundfont): fast renders
 TINY = dict(soundfont=TIMGM, clips_per_train_program=1, clips_per_test_program=1, unlabelled_clips=6, progress=False)
@@ -202,7 +201,7 @@ def test_silent_renders_are_redrawn_then_reported(tmp_path, monkeypatch):
 def test_vectorised_log_mel_matches_transformers_spectrogram():
     from transformers.audio_utils import spectrogram, window_function
 
-    from beats_hf.demo import baseline
+    from demo import baseline
 
     window, mel_filters = window_function(400, "povey", periodic=False), baseline._mel_filters()
     waveform = np.random.default_rng(0).uniform(-0.5, 0.5, 5000).astype(np.float32)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsForAudioClassification, BeatsModel
-from beats_hf.demo.run import predictions_of
 from beats_hf.finetuning import layer_wise_parameter_groups, spec_augment
+from demo.run import predictions_of
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples"))
 import run_audio_classification  # noqa: E402

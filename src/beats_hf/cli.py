@@ -14,7 +14,6 @@ SUBCOMMANDS = {
     "pretrain": ("beats_hf.pretraining.pretrain", "masked audio modeling with a frozen tokenizer"),
     "iterate": ("beats_hf.pretraining.iterate", "the iterative BEATs pre-training loop, iteration 1 to K"),
     "embed": ("beats_hf.embed", "clip and frame embeddings for a folder or dataset"),
-    "demo": ("beats_hf.demo.run", "the end-to-end demo on real recorded instrument audio"),
 }
 TRACEBACK_FLAG, TRACEBACK_VARIABLE = "--traceback", "BEATS_HF_TRACEBACK"
 

@@ -47,7 +47,7 @@ that comes out silent is re-drawn with the next attempt number.
 Reuse: when `corpus.json` exists with the same settings, soundfont and fluidsynth version and every file is present,
 nothing is rendered. Otherwise `labelled/`, `unlabelled/` and `corpus.json` are replaced.
 
-CLI: `python -m beats_hf.demo.corpus --output_dir DIR [--soundfont SF2] [--clips_per_train_program N] ...`
+CLI: `python -m demo.corpus --output_dir DIR [--soundfont SF2] [--clips_per_train_program N] ...`
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 
 SAMPLING_RATE = 16000
 CLIP_MS = 2000
@@ -447,7 +446,7 @@ def _read_manifest(path: Path) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m beats_hf.demo.corpus",
+        prog="python -m demo.corpus",
         description="Render the instrument-family corpus (labelled train/test audiofolder + unlabelled pool) "
         "from a General MIDI soundfont with fluidsynth.",
     )

@@ -1,7 +1,7 @@
-"""`make demo` / `beats-hf demo`: the whole BEATs method on real recorded instrument sound, end to end.
+"""`make demo` (`python -m demo.run` from the repository root): the whole BEATs method on real recorded instrument sound, end to end.
 
 1. Render a corpus from the FluidR3 General MIDI soundfont: instrument-family classification with held-out
-   programs (labelled train/test) and an unlabelled pool (`beats_hf.demo.corpus`).
+   programs (labelled train/test) and an unlabelled pool (`demo/corpus.py`).
 2. `beats-hf iterate` for 2 iterations on the unlabelled pool: random-projection tokenizer -> SSL model 1 ->
    distilled tokenizer -> SSL model 2.
 3. Fine-tune SSL model 2 on the labelled train split, and the same architecture from random initialisation with the
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from beats_hf.precision import bf16_is_fast
 
 
 @dataclass
@@ -59,18 +61,6 @@ FAST = DemoSettings(
     ssl_steps=6, tokenizer_steps=6, finetune_epochs=1, pretrain_batch_size=8, finetune_batch_size=8,
     finetune_learning_rate=1e-3, pretrain_learning_rate=1e-3, soundfont="/usr/share/sounds/sf2/TimGM6mb.sf2",
 )
-
-
-def bf16_is_fast(on_cpu: bool) -> bool:
-    """Whether bf16 autocast runs on matrix units: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX (on 2 cores
-    of an AMD EPYC with AVX512-BF16 the demo's pre-training step takes 0.62x its float32 time:
-    benchmarks/demo_pretraining_bf16.py). Elsewhere bf16 is emulated and slower, so the demo stays in float32."""
-    import torch
-
-    if not on_cpu:
-        return torch.cuda.is_bf16_supported()
-    checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return any(check is not None and check() for check in checks)
 
 
 def log(message: str) -> None:
@@ -121,7 +111,7 @@ def fine_tune(settings: DemoSettings, model_dir: Path, labelled: Path, output: P
     (metrics `linear_probe_accuracy` and `eval_accuracy`, on the test split)."""
     from transformers import TrainingArguments
 
-    from ..finetuning import DataArguments, ModelArguments, run_finetuning
+    from beats_hf.finetuning import DataArguments, ModelArguments, run_finetuning
 
     training_args = TrainingArguments(
         output_dir=str(output), use_cpu=True, do_train=True, do_eval=True, report_to="none",
@@ -144,7 +134,7 @@ def predictions_of(model_dir: Path, labelled: Path) -> tuple[list[int], list[int
     import torch
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-    from ..audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
+    from beats_hf.audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
 
     model = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_dir)
@@ -166,7 +156,7 @@ def held_out_programs(labelled: Path) -> list[int]:
 
     from datasets import Audio
 
-    from ..audio_data import load_audio_dataset
+    from beats_hf.audio_data import load_audio_dataset
 
     dataset = load_audio_dataset(str(labelled), split="test")
     paths = dataset.cast_column("audio", Audio(decode=False))["audio"]
@@ -189,7 +179,7 @@ def program_bootstrap(correct_a, correct_b, programs, resamples: int = 10000, se
 
 
 def waveforms_and_labels(labelled: Path, split: str) -> tuple[list[np.ndarray], list[int]]:
-    from ..audio_data import AudioClips, load_audio_dataset
+    from beats_hf.audio_data import AudioClips, load_audio_dataset
 
     clips = AudioClips(load_audio_dataset(str(labelled), split=split), crop_seconds=None, replace_bad=False)
     items = [clips[i] for i in range(len(clips))]
@@ -200,7 +190,7 @@ def waveforms_and_labels(labelled: Path, split: str) -> tuple[list[np.ndarray], 
 def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[dict]:
     from transformers import pipeline
 
-    from ..audio_data import decode_audio
+    from beats_hf.audio_data import decode_audio
 
     classifier = pipeline("audio-classification", model=str(model_dir))
     files = sorted((labelled / "test").rglob("*.wav"))
@@ -214,7 +204,7 @@ def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="beats-hf demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--fast", action="store_true", default=os.environ.get("DEMO_FAST") == "1",
                         help="reduced run for CI (also DEMO_FAST=1)")

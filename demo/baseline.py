@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from transformers.audio_utils import mel_filter_bank, window_function
 
-from ..linear_probe import fit_logistic_regression
-
+from beats_hf.linear_probe import fit_logistic_regression
 
 SAMPLING_RATE = 16000
 FRAME_LENGTH = 400
