@@ -25,7 +25,7 @@ from common import (
 
 from beats_hf import BeatsForMaskedAudioModeling
 from beats_hf.precision import bf16_is_fast
-from beats_hf.pretraining.masking import compute_patch_mask
+from beats_hf.pretraining.masking import random_masked_patches
 from beats_hf.pretraining.pretrain import preset_config
 
 BATCH_SIZE = 16
@@ -41,7 +41,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     num_patches = FRAMES // 16 * 8
     features = torch.randn(BATCH_SIZE, FRAMES, 128)
-    masked = torch.from_numpy(compute_patch_mask(np.ones((BATCH_SIZE, num_patches), bool), 0.75,
+    masked = torch.from_numpy(random_masked_patches(np.ones((BATCH_SIZE, num_patches), bool), 0.75,
                                                  np.random.default_rng(0)))
     labels = torch.randint(0, config.num_target_codes, (BATCH_SIZE, num_patches))
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from beats_hf import BeatsForAudioTokenization, BeatsForMaskedAudioModeling, BeatsTokenizationConfig
-from beats_hf.pretraining.masking import compute_patch_mask
+from beats_hf.pretraining.masking import random_masked_patches
 from beats_hf.pretraining.pretrain import preset_config
 
 BASE = preset_config("base")
@@ -75,7 +75,7 @@ def main() -> None:
     features = torch.randn(args.batch_size, num_frames, config.num_mel_bins)
     num_patches = num_frames // config.patch_size * config.num_frequency_patches
     patch_valid = np.ones((args.batch_size, num_patches), dtype=bool)
-    bool_masked_pos = torch.from_numpy(compute_patch_mask(patch_valid, args.mask_ratio, np.random.default_rng(0)))
+    bool_masked_pos = torch.from_numpy(random_masked_patches(patch_valid, args.mask_ratio, np.random.default_rng(0)))
     labels = torch.randint(0, config.num_target_codes, (args.batch_size, num_patches))
 
     def pretraining_step() -> None:

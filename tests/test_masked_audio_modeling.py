@@ -23,7 +23,7 @@ from beats_hf import (
 )
 from beats_hf.modeling_beats import patch_mask_from_frame_mask
 from beats_hf.pretraining.collator import MaskedAudioModelingCollator
-from beats_hf.pretraining.masking import KeyedUniforms, compute_patch_mask, num_masked_patches
+from beats_hf.pretraining.masking import KeyedUniforms, compute_patch_mask, num_masked_patches, random_masked_patches
 
 LENGTHS = (80, 64, 37)  # frames: 40, 32 and 16 valid patches (37 frames fill 2 rows of 16)
 NUM_FRAMES = 80
@@ -59,7 +59,7 @@ def patch_valid_of(mask: torch.Tensor) -> torch.Tensor:
 
 def draw_mask(mask: torch.Tensor, seed: int = 0, ratio: float = 0.75) -> torch.Tensor:
     valid = patch_valid_of(mask).numpy()
-    return torch.from_numpy(compute_patch_mask(valid, ratio, np.random.default_rng(seed)))
+    return torch.from_numpy(random_masked_patches(valid, ratio, np.random.default_rng(seed)))
 
 
 def patch_region(patch: int) -> tuple[slice, slice]:
@@ -77,7 +77,7 @@ def test_mask_masks_the_ratio_of_valid_patches_only():
     valid = np.zeros((5, 64), dtype=bool)
     for row, count in enumerate((64, 40, 17, 8, 2)):
         valid[row, :count] = True
-    masked = compute_patch_mask(valid, 0.75, np.random.default_rng(0))
+    masked = random_masked_patches(valid, 0.75, np.random.default_rng(0))
     assert masked.dtype == bool and masked.shape == valid.shape
     assert not (masked & ~valid).any()
     # round half up of 0.75 * n: 48, 30, 12.75 -> 13, 6, 1.5 -> 2 capped at n - 1 = 1
@@ -88,7 +88,7 @@ def test_mask_masks_the_ratio_of_valid_patches_only():
 def test_every_clip_keeps_a_visible_and_a_masked_patch(ratio):
     rng = np.random.default_rng(1)
     valid = np.arange(50)[None, :] < rng.integers(2, 51, size=(200, 1))
-    masked = compute_patch_mask(valid, ratio, rng)
+    masked = random_masked_patches(valid, ratio, rng)
     assert (masked.sum(1) >= 1).all()
     assert ((valid & ~masked).sum(1) >= 1).all()
 
@@ -97,16 +97,16 @@ def test_clips_with_fewer_than_two_valid_patches_are_left_unmasked():
     valid = np.zeros((3, 8), dtype=bool)
     valid[1, 0] = True
     valid[2, :2] = True
-    masked = compute_patch_mask(valid, 0.75, np.random.default_rng(0))
+    masked = random_masked_patches(valid, 0.75, np.random.default_rng(0))
     assert masked.sum(1).tolist() == [0, 0, 1]
     assert num_masked_patches(np.array([0, 1, 2, 3, 4]), 0.75).tolist() == [0, 0, 1, 2, 3]
 
 
 def test_masks_are_reproducible_and_depend_on_the_seed():
     valid = np.ones((4, 96), dtype=bool)
-    first = compute_patch_mask(valid, 0.75, np.random.default_rng(7))
-    again = compute_patch_mask(valid, 0.75, np.random.default_rng(7))
-    other = compute_patch_mask(valid, 0.75, np.random.default_rng(8))
+    first = random_masked_patches(valid, 0.75, np.random.default_rng(7))
+    again = random_masked_patches(valid, 0.75, np.random.default_rng(7))
+    other = random_masked_patches(valid, 0.75, np.random.default_rng(8))
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     # Clips of one batch get different masks.
@@ -116,7 +116,7 @@ def test_masks_are_reproducible_and_depend_on_the_seed():
 def test_masked_positions_are_uniform_among_valid_patches():
     valid = np.zeros((4000, 24), dtype=bool)
     valid[:, :16] = True
-    masked = compute_patch_mask(valid, 0.25, np.random.default_rng(0))
+    masked = random_masked_patches(valid, 0.25, np.random.default_rng(0))
     frequency = masked[:, :16].mean(0)
     # 4 of 16 masked each time: every valid patch is masked 25 % of the time (binomial sd ~0.007).
     assert np.allclose(frequency, 0.25, atol=0.03), frequency
@@ -124,9 +124,13 @@ def test_masked_positions_are_uniform_among_valid_patches():
 
 def test_invalid_masking_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="mask_ratio"):
-        compute_patch_mask(np.ones((1, 8), dtype=bool), 1.0, np.random.default_rng(0))
+        random_masked_patches(np.ones((1, 8), dtype=bool), 1.0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="batch, patches"):
-        compute_patch_mask(np.ones(8, dtype=bool), 0.5, np.random.default_rng(0))
+        random_masked_patches(np.ones(8, dtype=bool), 0.5, np.random.default_rng(0))
+    # The old name still works, with a deprecation warning.
+    with pytest.warns(FutureWarning, match="now random_masked_patches"):
+        old = compute_patch_mask(np.ones((2, 8), dtype=bool), 0.5, np.random.default_rng(3))
+    assert np.array_equal(old, random_masked_patches(np.ones((2, 8), dtype=bool), 0.5, np.random.default_rng(3)))
 
 
 def test_collator_adds_masks_over_valid_patches_only():
@@ -182,7 +186,7 @@ def test_keyed_uniforms_are_uniform_and_independent():
     keys = np.stack([np.zeros(4000, dtype=np.int64), np.arange(4000)], axis=1)
     valid = np.zeros((4000, 24), dtype=bool)
     valid[:, :16] = True
-    masked = compute_patch_mask(valid, 0.25, KeyedUniforms(0, keys))
+    masked = random_masked_patches(valid, 0.25, KeyedUniforms(0, keys))
     assert np.allclose(masked[:, :16].mean(0), 0.25, atol=0.03)  # binomial sd ~0.007, as for a numpy Generator
     draws = KeyedUniforms(1, keys).random((4000, 24))
     assert 0.0 <= draws.min() and draws.max() < 1.0 and abs(draws.mean() - 0.5) < 0.01

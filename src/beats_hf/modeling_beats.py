@@ -966,7 +966,7 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
     encoded visible patches back at their positions, a learned mask embedding at the masked ones, and predicts the
     acoustic tokenizer's code of every masked patch.
 
-    Masks and targets are inputs: `bool_masked_pos` from `beats_hf.pretraining.masking.compute_patch_mask` (the
+    Masks and targets are inputs: `bool_masked_pos` from `beats_hf.pretraining.masking.random_masked_patches` (the
     pre-training collator adds it) and `labels` from a frozen tokenizer (`BeatsForAudioTokenization` or
     `BeatsRandomProjectionForAudioTokenization`), which the training loop runs; no tokenizer lives in this model.
     `AutoModel.from_pretrained` on a saved folder gives the bare encoder ([`BeatsModel`]) and drops the predictor.
@@ -1012,7 +1012,7 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         if bool_masked_pos is None:
             raise ValueError(
                 "BeatsForMaskedAudioModeling needs `bool_masked_pos` (batch, patches): draw it with "
-                "beats_hf.pretraining.masking.compute_patch_mask or use MaskedAudioModelingCollator."
+                "beats_hf.pretraining.masking.random_masked_patches or use MaskedAudioModelingCollator."
             )
         batch_size, num_frames = input_features.shape[:2]
         num_patches = num_frames // self.config.patch_size * self.config.num_frequency_patches

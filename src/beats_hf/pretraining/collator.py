@@ -8,7 +8,7 @@ import torch
 
 from ..audio_data import AudioFeatureCollator
 from ..modeling_beats import patch_mask_from_frame_mask
-from .masking import KeyedUniforms, compute_patch_mask
+from .masking import KeyedUniforms, random_masked_patches
 
 
 def _process_and_worker() -> tuple[int, int]:
@@ -22,7 +22,7 @@ class MaskedAudioModelingCollator:
     """Turns `AudioClips` items into `input_features`, `attention_mask` and `bool_masked_pos` (bool, (batch, patches)).
 
     A patch is valid only if all its `patch_size` frames are real; masks are drawn among valid patches only
-    ([`compute_patch_mask`]). When the items carry their `index` and `epoch` (`AudioClips(return_index=True)`, as
+    ([`random_masked_patches`]). When the items carry their `index` and `epoch` (`AudioClips(return_index=True)`, as
     `beats-hf pretrain` reads them), each clip's mask is a function of `(seed, epoch, index)` ([`KeyedUniforms`]): the
     same whichever batch, process or worker draws it, so a run resumed from a checkpoint continues the mask stream of
     an uninterrupted run. Items without an index (a plain list of waveforms) get masks from a numpy Generator seeded by
@@ -76,7 +76,7 @@ class MaskedAudioModelingCollator:
             draw = KeyedUniforms(self.seed, np.stack([np.asarray(epochs, dtype=np.int64), indices.numpy()], axis=1))
         else:
             draw = self._generator()
-        masked = compute_patch_mask(patch_valid.numpy(), self.mask_ratio, draw)
+        masked = random_masked_patches(patch_valid.numpy(), self.mask_ratio, draw)
         batch["bool_masked_pos"] = torch.from_numpy(masked)
         return batch
 

@@ -1,6 +1,8 @@
 """Mask drawing for masked audio modeling: small numpy functions run on the CPU by the data collator (as wav2vec2's
 `_compute_mask_indices`), so the model receives `bool_masked_pos` as an input."""
 
+import warnings
+
 import numpy as np
 
 
@@ -26,8 +28,8 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 class KeyedUniforms:
     """Uniform numbers in [0, 1) that are a fixed function of `(seed, key of the row, column)`, drawn for a whole batch
-    with array operations (SplitMix64). Pass it to `compute_patch_mask` as `rng`: row i of `random(shape)` depends on
-    `keys[i]` only, so a clip gets the same mask whichever batch, process, worker or resumed run draws it.
+    with array operations (SplitMix64). Pass it to `random_masked_patches` as `rng`: row i of `random(shape)` depends
+    on `keys[i]` only, so a clip gets the same mask whichever batch, process, worker or resumed run draws it.
 
     Args:
         seed: the seed of the stream.
@@ -54,7 +56,7 @@ class KeyedUniforms:
         return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
+def random_masked_patches(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
     """Random patch masking (the paper's 75 % recipe): for each clip, `num_masked_patches` patches drawn uniformly
     without replacement among its valid patches.
 
@@ -80,4 +82,16 @@ def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.rando
     return (ranks < num_masked[:, None]) & patch_valid
 
 
-__all__ = ["KeyedUniforms", "compute_patch_mask", "num_masked_patches"]
+
+
+def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Deprecated name of `random_masked_patches` (`compute_patch_mask` also named patch validity in the model)."""
+    warnings.warn(
+        "beats_hf.pretraining.masking.compute_patch_mask is now random_masked_patches; the old name will be removed.",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return random_masked_patches(patch_valid, mask_ratio, rng)
+
+
+__all__ = ["KeyedUniforms", "num_masked_patches", "random_masked_patches"]
