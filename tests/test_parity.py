@@ -32,10 +32,6 @@ def converted(checkpoint: dict, attn_implementation: str):
     return model
 
 
-def encoder_of(model):
-    return model.beats if hasattr(model, "beats") else model
-
-
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     return (actual - expected).abs().max().item()
@@ -45,7 +41,7 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def test_unpadded_reference_fbank_every_layer(reference, reference_inputs, attn_implementation):
     """single_unpadded and batch_nomask from the official fbank: encoder input, every layer, final output."""
     name, checkpoint, outputs = reference
-    encoder = encoder_of(converted(checkpoint, attn_implementation))
+    encoder = converted(checkpoint, attn_implementation).base_model
     for case in ("single_unpadded", "batch_nomask"):
         preprocess_case = "single_unpadded" if case == "single_unpadded" else "batch_padded"
         features = reference_inputs["preprocess"][preprocess_case]["fbank"]
@@ -70,7 +66,7 @@ def test_individual_clips(reference, reference_inputs, attn_implementation):
         inputs = official_clip_features(reference_inputs, index)
         with torch.no_grad():
             result = model(**inputs)
-            hidden = encoder_of(model)(**inputs).last_hidden_state
+            hidden = model.base_model(**inputs).last_hidden_state
         assert max_error(hidden, expected["last_hidden_state"]) <= ENCODER_ATOL, index
         if name == "finetuned":
             assert max_error(result.logits.sigmoid(), expected["probs"]) <= PROBABILITY_ATOL, index
@@ -90,7 +86,7 @@ def test_padded_batch_equals_each_clip_alone(reference, reference_inputs, attn_i
     assert torch.equal(inputs["attention_mask"], extracted["attention_mask"])
     with torch.no_grad():
         result = model(**inputs)
-        encoded = encoder_of(model)(**inputs)
+        encoded = model.base_model(**inputs)
     assert encoded.patch_mask.sum(-1).tolist() == [128, 48, 248]
     for index in range(len(clips)):
         expected = outputs[f"individual_{index}"]

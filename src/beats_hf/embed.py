@@ -34,7 +34,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 from .audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
 from .configuration_beats import CLASSIFIER_POOLINGS
 from .long_audio import DEFAULT_WINDOW_SECONDS, _grid, embed_long_audio
-from .modeling_beats import clip_feature_size, pool_frequency_bands
+from .modeling_beats import clip_feature_size, frequency_rows, masked_mean, pool_frequency_bands, weighted_layer_sum
 from .sources import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -55,28 +55,22 @@ def layer_mixture(model, layer: str, num_hidden_states: int) -> torch.Tensor:
     return weights
 
 
-def encoder_of(model):
-    return model.beats if hasattr(model, "beats") else model
-
-
 @torch.inference_mode()
 def embed_batch(model, batch: dict, weights: torch.Tensor, bands: int,
                 pooling: str = "mean") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(clip embeddings (B, C) or (B, 2 * bands * C), per-clip frame features [(rows_i, C)]) for one feature batch."""
-    outputs = encoder_of(model)(batch["input_features"], attention_mask=batch.get("attention_mask"),
-                                output_hidden_states=True)
-    stacked = torch.stack(outputs.hidden_states, 0).float()
-    hidden = (stacked * weights.to(stacked.device).view(-1, 1, 1, 1)).sum(0)
-    batch_size, num_patches, width = hidden.shape
+    outputs = model.base_model(batch["input_features"], attention_mask=batch.get("attention_mask"),
+                               output_hidden_states=True)
+    hidden = weighted_layer_sum([state.float() for state in outputs.hidden_states], weights)
+    batch_size, num_patches, _ = hidden.shape
     mask = outputs.patch_mask
     if mask is None:
         mask = torch.ones(batch_size, num_patches, dtype=torch.bool, device=hidden.device)
     if pooling == "frequency_bands":
         clips = pool_frequency_bands(hidden, mask, bands)
     else:
-        weight = mask.unsqueeze(-1).float()
-        clips = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
-    rows = hidden.view(batch_size, num_patches // bands, bands, width).mean(2)
+        clips = masked_mean(hidden, mask.unsqueeze(-1), dim=1)
+    rows = frequency_rows(hidden, bands).mean(2)
     valid_rows = mask.view(batch_size, -1, bands)[..., 0].sum(-1)
     return clips.cpu(), [rows[i, : int(valid_rows[i])].cpu() for i in range(batch_size)]
 
@@ -148,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error).replace("`window_seconds`", "--chunk_seconds").replace("`hop_seconds`",
                                                                                           "--hop_seconds"))
-    config = encoder_of(model).config
+    config = model.base_model.config
     weights = layer_mixture(model, args.layer, config.num_hidden_layers + 1)
     bands = config.num_frequency_patches
     # A single layer is picked directly: no stack of all hidden states per window batch.
@@ -177,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if item is None:
             continue
         if grid is not None and len(item["waveform"]) > grid.window_samples:
-            result = embed_long_audio(encoder_of(model), feature_extractor, item["waveform"],
+            result = embed_long_audio(model.base_model, feature_extractor, item["waveform"],
                                       window_seconds=chunk_seconds, hop_seconds=args.hop_seconds,
                                       batch_size=args.batch_size, pooling=args.pooling, **layer_choice)
             indices.append(item["index"])

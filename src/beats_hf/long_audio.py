@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .configuration_beats import CLASSIFIER_POOLINGS
-from .modeling_beats import frequency_band_statistics
+from .modeling_beats import frequency_band_statistics, frequency_rows, weighted_layer_sum
 
 DEFAULT_WINDOW_SECONDS = 10.0
 
@@ -204,18 +204,10 @@ class _BandMoments:
         return frequency_band_statistics(self.mean, self.m2 / self.count)
 
 
-def _encoder(model):
-    return model.beats if hasattr(model, "beats") else model
-
-
 def _select_hidden(outputs, layer: int | None, layer_weights: torch.Tensor | None) -> torch.Tensor:
     if layer_weights is not None:
-        stacked = torch.stack(outputs.hidden_states, dim=0)
-        stacked = stacked.to(torch.promote_types(stacked.dtype, torch.float32))
-        weights = layer_weights.to(device=stacked.device, dtype=stacked.dtype)
-        if weights.shape != (stacked.shape[0],):
-            raise ValueError(f"`layer_weights` has shape {tuple(weights.shape)}, expected ({stacked.shape[0]},).")
-        return (stacked * weights.view(-1, 1, 1, 1)).sum(0)
+        dtype = torch.promote_types(outputs.hidden_states[0].dtype, torch.float32)
+        return weighted_layer_sum([state.to(dtype) for state in outputs.hidden_states], layer_weights)
     hidden = outputs.hidden_states[layer] if layer is not None else outputs.last_hidden_state
     return hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # bf16/fp16 up to float32, float64 kept
 
@@ -293,7 +285,7 @@ def embed_long_audio(
     windows, total_rows, grid = plan_windows(waveform.shape[0], feature_extractor, window_seconds, hop_seconds)
     owner = row_owners(windows, total_rows, grid)
     first_rows, rows_per_window = (torch.tensor(column) for column in zip(*(_window_rows(w, grid) for w in windows)))
-    encoder = _encoder(model)
+    encoder = model.base_model
     parameter = next(encoder.parameters())
     bands = encoder.config.num_frequency_patches
     need_hidden_states = layer is not None or layer_weights is not None
@@ -309,8 +301,8 @@ def embed_long_audio(
             output_hidden_states=need_hidden_states,
         )
         hidden = _select_hidden(outputs, layer, layer_weights)
-        batch, num_patches, width = hidden.shape
-        band_rows = hidden.view(batch, num_patches // bands, bands, width)
+        batch = hidden.shape[0]
+        band_rows = frequency_rows(hidden, bands)
         # Each window keeps only the rows it owns (padding rows of a short last window are past its row count).
         ids = torch.arange(first, first + batch)
         local = torch.arange(band_rows.shape[1])

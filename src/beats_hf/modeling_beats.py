@@ -10,7 +10,7 @@ gives alone (the official code does not; see the README).
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -666,7 +666,19 @@ class BeatsModel(BeatsPreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
+# The readout: the one place that turns hidden states into what heads, embeddings, long audio and probes use.
+
+
+def weighted_layer_sum(hidden_states: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """`sum_i weights[i] * hidden_states[i]` over the encoder input and every layer's output, in their dtype."""
+    stacked = torch.stack(tuple(hidden_states), dim=0)
+    weights = weights.to(device=stacked.device, dtype=stacked.dtype)
+    if weights.shape != (stacked.shape[0],):
+        raise ValueError(f"The layer weights have shape {tuple(weights.shape)}, expected ({stacked.shape[0]},).")
+    return (stacked * weights.view(-1, 1, 1, 1)).sum(0)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim) -> torch.Tensor:
     """Mean of `values` over `dim` where `mask` (broadcastable bool) is True; an all-masked slice gives 0."""
     if mask is None:
         return values.mean(dim)
@@ -674,14 +686,19 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim: int) -> t
     return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
+def frequency_rows(hidden_states: torch.Tensor, bands: int) -> torch.Tensor:
+    """`(batch, patches, C)` time-major patch states -> `(batch, rows, bands, C)`: one row per 16 frames (160 ms)."""
+    batch_size, num_patches, width = hidden_states.shape
+    return hidden_states.view(batch_size, num_patches // bands, bands, width)
+
+
 def pool_frequency_bands(hidden_states: torch.Tensor, patch_mask: torch.Tensor | None, bands: int) -> torch.Tensor:
     """`classifier_pooling="frequency_bands"`: `(batch, patches, C)` patch states (time-major) -> `(batch, bands * 2C)`,
     for each frequency band its mean then its standard deviation over the valid time rows (in float32)."""
-    batch_size, num_patches, width = hidden_states.shape
-    rows = hidden_states.float().view(batch_size, num_patches // bands, bands, width)
-    row_mask = None if patch_mask is None else patch_mask.view(batch_size, -1, bands, 1)
-    mean = _masked_mean(rows, row_mask, dim=1)
-    variance = _masked_mean((rows - mean.unsqueeze(1)).square(), row_mask, dim=1)
+    rows = frequency_rows(hidden_states.float(), bands)
+    row_mask = None if patch_mask is None else patch_mask.view(rows.shape[0], -1, bands, 1)
+    mean = masked_mean(rows, row_mask, dim=1)
+    variance = masked_mean((rows - mean.unsqueeze(1)).square(), row_mask, dim=1)
     return frequency_band_statistics(mean, variance).to(hidden_states.dtype)
 
 
@@ -764,9 +781,7 @@ class _BeatsHeadMixin:
             return outputs.last_hidden_state, outputs.patch_mask, outputs.hidden_states, outputs.attentions
         requested = kwargs.get("output_hidden_states", self.config.output_hidden_states)
         outputs = self.beats(input_features, attention_mask=attention_mask, **{**kwargs, "output_hidden_states": True})
-        stacked = torch.stack(outputs.hidden_states, dim=0)
-        weights = F.softmax(self.layer_weights, dim=0).to(stacked.dtype)
-        hidden_states = (stacked * weights.view(-1, 1, 1, 1)).sum(0)
+        hidden_states = weighted_layer_sum(outputs.hidden_states, F.softmax(self.layer_weights, dim=0))
         returned = requested_hidden_states(outputs.hidden_states, requested)
         return hidden_states, outputs.patch_mask, returned, outputs.attentions
 
@@ -796,7 +811,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
         """Patch states -> the head's input, as `config.classifier_pooling` says."""
         if self.config.classifier_pooling == "frequency_bands":
             return pool_frequency_bands(hidden_states, patch_mask, self.config.num_frequency_patches)
-        return _masked_mean(hidden_states, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
+        return masked_mean(hidden_states, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
 
     @can_return_tuple
     def forward(
@@ -820,7 +835,7 @@ class BeatsForAudioClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
             logits = self.classifier(self.dropout(self._pool(hidden_states, patch_mask)))
         else:  # as the official head: logits per patch (dropout per patch), then the mean over valid patches
             patch_logits = self.classifier(self.dropout(hidden_states))
-            logits = _masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
+            logits = masked_mean(patch_logits, None if patch_mask is None else patch_mask.unsqueeze(-1), dim=1)
         loss = None
         if labels is not None:
             # transformers' sequence-classification loss (by `config.problem_type`), from float32 logits.
@@ -862,9 +877,8 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
             caller with -100 for single-label).
         """
         hidden_states, patch_mask, all_hidden_states, attentions = self._encode(input_features, attention_mask, kwargs)
-        batch_size, num_patches, hidden_size = hidden_states.shape
-        bands = self.config.num_frequency_patches
-        rows = hidden_states.view(batch_size, num_patches // bands, bands, hidden_size).mean(2)
+        batch_size, bands = hidden_states.shape[0], self.config.num_frequency_patches
+        rows = frequency_rows(hidden_states, bands).mean(2)
         logits = self.classifier(self.dropout(rows))
         loss = None
         if labels is not None:
@@ -872,7 +886,7 @@ class BeatsForAudioFrameClassification(_BeatsHeadMixin, BeatsPreTrainedModel):
             if patch_mask is not None and not integer_labels:
                 row_mask = patch_mask.view(batch_size, -1, bands)[..., 0]
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-                loss = _masked_mean(loss.mean(-1), row_mask, dim=(0, 1))
+                loss = masked_mean(loss.mean(-1), row_mask, dim=(0, 1))
             elif integer_labels and self.config.problem_type in (None, "single_label_classification"):
                 loss = self.loss_function(logits.float(), labels, self.config)
             else:

@@ -22,7 +22,14 @@ from transformers import PreTrainedConfig, Trainer
 from transformers.utils import ModelOutput
 
 from ..configuration_beats import BeatsConfig, BeatsTokenizationConfig
-from ..modeling_beats import BeatsEncoder, BeatsForAudioTokenization, BeatsModel, BeatsPreTrainedModel, nearest_code
+from ..modeling_beats import (
+    BeatsEncoder,
+    BeatsForAudioTokenization,
+    BeatsModel,
+    BeatsPreTrainedModel,
+    masked_mean,
+    nearest_code,
+)
 from .quantization import NormEmaCodebook, codebook_perplexity, codebook_usage
 
 # BeatsConfig's own fields, without PreTrainedConfig's (labels, architectures, dtype...): a fine-tuned teacher's labels
@@ -111,12 +118,6 @@ class BeatsTokenizationEstimator(BeatsPreTrainedModel):
         hidden_states = self.input_projection(quantized)
         hidden_states = self.encoder(hidden_states, patch_mask).last_hidden_state
         return self.output_projection(hidden_states)
-
-
-def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` `(batch, patches)` over the valid patches (0 when there are none)."""
-    weights = valid.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 class BeatsTokenizationDistillationModel(BeatsPreTrainedModel):
@@ -213,8 +214,8 @@ class BeatsTokenizationDistillationModel(BeatsPreTrainedModel):
         straight_through = vectors + (quantized - vectors).detach()
         reconstruction = self.estimator(straight_through, patch_mask)
         cosine = F.cosine_similarity(reconstruction.float(), teacher_hidden_states.float(), dim=-1)
-        distillation_loss = _masked_mean(1.0 - cosine, valid)
-        commitment_loss = _masked_mean((vectors.float() - quantized.detach().float()).pow(2).sum(-1), valid)
+        distillation_loss = masked_mean(1.0 - cosine, valid, dim=(0, 1))
+        commitment_loss = masked_mean((vectors.float() - quantized.detach().float()).pow(2).sum(-1), valid, dim=(0, 1))
         loss = distillation_loss + self.config.commitment_weight * commitment_loss
 
         return BeatsTokenizationDistillationOutput(
@@ -231,7 +232,7 @@ class BeatsTokenizationDistillationModel(BeatsPreTrainedModel):
 def teacher_encoder(model: nn.Module) -> BeatsModel:
     """The BEATs encoder of a beats_hf model: the model itself (`BeatsModel`) or its `.beats`
     (`BeatsForAudioClassification` for the iter3+ recipe, `BeatsForMaskedAudioModeling`, a tokenizer...)."""
-    encoder = model if isinstance(model, BeatsModel) else getattr(model, "beats", None)
+    encoder = getattr(model, "base_model", None)  # transformers' own "the encoder of this model"
     if not isinstance(encoder, BeatsModel):
         raise TypeError(
             "The teacher must be a beats_hf BeatsModel or a model with a `.beats` BeatsModel, got "
