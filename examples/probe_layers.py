@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from beats_hf.audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
-from beats_hf.embed import encoder_of
 from beats_hf.linear_probe import fit_logistic_regression
 from beats_hf.modeling_beats import pool_frequency_bands
 
@@ -63,7 +62,7 @@ def main(argv=None) -> dict:
             model = AutoModel.from_config(AutoConfig.from_pretrained(path))
         else:
             model = AutoModel.from_pretrained(path)
-        encoder = encoder_of(model).eval()
+        encoder = model.base_model.eval()
         collator = AudioFeatureCollator(AutoFeatureExtractor.from_pretrained(path))
         pooled = {split: pooled_states(encoder, AudioClips(data, crop_seconds=None, replace_bad=False), collator)
                   for split, data in splits.items()}

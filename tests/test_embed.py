@@ -216,3 +216,13 @@ def test_chunking_flag_errors(setup, long_audio_folder, tmp_path, capsys, flags,
              str(tmp_path), *flags])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "embeddings.json").exists()
+
+
+def test_encoder_of_is_a_deprecated_alias_of_base_model():
+    from beats_hf import BeatsConfig, BeatsForAudioClassification
+    from beats_hf.embed import encoder_of
+
+    model = BeatsForAudioClassification(BeatsConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                    intermediate_size=37, patch_embedding_dim=24, num_labels=2))
+    with pytest.warns(FutureWarning, match="model.base_model"):
+        assert encoder_of(model) is model.base_model is model.beats

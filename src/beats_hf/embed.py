@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,12 @@ def layer_mixture(model, layer: str, num_hidden_states: int) -> torch.Tensor:
     weights = torch.zeros(num_hidden_states)
     weights[index] = 1.0
     return weights
+
+
+def encoder_of(model):
+    """Deprecated: the encoder of any BEATs model is transformers' `model.base_model`."""
+    warnings.warn("beats_hf.embed.encoder_of(model) is deprecated: use model.base_model.", FutureWarning, stacklevel=2)
+    return model.base_model
 
 
 @torch.inference_mode()
