@@ -1,8 +1,10 @@
 """Shared test setup: the repo root on sys.path (for `conversion/`), fixture paths, deterministic threads."""
 
 import sys
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +24,26 @@ def pytest_configure(config):
         "float_sensitive: depends on the CPU's floating-point code paths (MKL's FFT and matmul); the README's test "
         "command runs these again under MKL_CBWR=AVX2 and MKL_CBWR=COMPATIBLE",
     )
+
+
+def write_wav(path, waveform: np.ndarray, sampling_rate: int = 16000) -> None:
+    """16-bit PCM WAV of float audio in [-1, 1] (clipped), mono `(samples,)` or `(channels, samples)`."""
+    channels = np.atleast_2d(np.asarray(waveform, dtype=np.float64))
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(channels.shape[0])
+        handle.setsampwidth(2)
+        handle.setframerate(sampling_rate)
+        handle.writeframes((np.clip(channels.T, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Modules that use it (`pytestmark = pytest.mark.usefixtures("one_thread")`) run on one thread: tiny models are
+    faster so, do not crawl when the other core is busy, and killed children and their reruns compute the same bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides):

@@ -14,12 +14,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_wav
 from safetensors import safe_open
 
 from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsModel
@@ -28,6 +28,8 @@ from beats_hf.cli import main as cli
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 import run_audio_classification  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 COMMON = ["--use_cpu", "--disable_tqdm", "true", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0",
           "--logging_steps", "1"]
@@ -192,15 +194,6 @@ _SERVER = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The killed children run on one thread: so do the reruns and the references, for bit-identical results.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def server():
     environment = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -221,14 +214,6 @@ def killed(server, tmp_path: Path, program: str, argv: list[str], **moment) -> s
     output = log.read_text()
     assert answer["signal"] == 9, f"{moment}: {answer}\n{output[-3000:]}"
     return output
-
-
-def write_wav(path: Path, waveform: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((np.clip(waveform, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 @pytest.fixture(scope="module")

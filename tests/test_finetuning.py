@@ -2,12 +2,12 @@
 
 import json
 import sys
-import wave
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import write_wav
 
 from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsForAudioClassification, BeatsModel
 from beats_hf.finetuning import layer_wise_parameter_groups, spec_augment
@@ -31,14 +31,6 @@ def clip(kind: int, rng: np.random.Generator, seconds: float = 1.0) -> np.ndarra
     else:  # high tone
         signal = np.sin(2 * np.pi * rng.uniform(3000, 5000) * t)
     return (0.3 * signal / np.abs(signal).max()).astype(np.float32)
-
-
-def write_wav(path, waveform: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((waveform * 32767).astype("<i2").tobytes())
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """The transformers audio-classification pipeline with a model saved to a local folder."""
 
-import wave
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_reference
+from conftest import load_reference, write_wav
 from fbank_rounding import probability_tolerance
 from transformers import pipeline
 
@@ -58,15 +57,6 @@ def test_pipeline_batches_clips_of_different_lengths(tmp_path):
             assert abs(in_batch["score"] - by_itself["score"]) <= tolerance[model.config.label2id[in_batch["label"]]]
 
 
-def write_wav(path, channels: np.ndarray, sampling_rate: int) -> None:
-    """16-bit PCM WAV of `(channels, samples)` float audio."""
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(channels.shape[0])
-        handle.setsampwidth(2)
-        handle.setframerate(sampling_rate)
-        handle.writeframes((channels.T * 32767).round().astype("<i2").tobytes())
-
-
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finetuned")
@@ -87,8 +77,8 @@ def test_pipeline_reads_files_at_any_rate_and_channel_count(classifier, referenc
     from beats_hf.audio_data import decode_audio
 
     waveform = reference_inputs["individual_waveforms"][0][0].numpy()
-    write_wav(tmp_path / "mono16k.wav", waveform[None], 16000)
-    stored = (waveform * 32767).round().astype(np.int16).astype(np.float32) / 32768  # what FFmpeg reads back
+    write_wav(tmp_path / "mono16k.wav", waveform)
+    stored = (np.clip(waveform, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768  # what FFmpeg reads back
     from_file = scores(classifier(str(tmp_path / "mono16k.wav")))
     from_samples = scores(classifier({"raw": stored, "sampling_rate": 16000}))
     assert from_file.keys() == from_samples.keys()

@@ -7,12 +7,12 @@ import os
 import re
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_wav
 from safetensors import safe_open
 from transformers import AutoModel, TrainingArguments
 
@@ -24,14 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CODES = 64  # the tiny preset's random-projection codebook
 FAST = ["--use_cpu", "--per_device_train_batch_size", "4", "--crop_seconds", "1.5", "--disable_tqdm", "true",
         "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0"]
-
-
-def write_wav(path: Path, waveform: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(16000)
-        handle.writeframes((np.clip(waveform, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 @pytest.fixture(scope="module")

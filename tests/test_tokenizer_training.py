@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import wave
 from pathlib import Path
 
 import datasets
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_wav
 from safetensors import safe_open
 from transformers import AutoModel, HfArgumentParser, TrainerCallback, TrainingArguments
 
@@ -34,18 +34,13 @@ TEACHER = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_embedding_dim=32,
     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STUDENT = dict(codebook_size=64, codebook_dim=16)
 # The end-to-end runs are 40 steps long: an EMA horizon of 10 updates (decay 0.9) lets the codebook follow the student.
 TRAINED_STUDENT = {**STUDENT, "codebook_decay": 0.9}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def write_wav(path: Path, audio: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLING_RATE)
-        handle.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
 def generated_clip(rng: np.random.Generator) -> np.ndarray:
@@ -60,15 +55,6 @@ def generated_clip(rng: np.random.Generator) -> np.ndarray:
     noise = np.convolve(rng.standard_normal(time.size), np.ones(width) / width, mode="same")
     audio = tone / np.abs(tone).max() + rng.uniform(0.0, 0.5) * noise
     return 0.8 * audio / np.abs(audio).max()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models run faster on one thread, and do not slow to a crawl when the other core is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1043,9 +1043,13 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
             input_features, attention_mask=attention_mask, bool_masked_pos=bool_masked_pos, return_dict=True, **kwargs
         )
         encoded = outputs.last_hidden_state
-        patch_valid = self.compute_patch_mask(attention_mask, num_patches)
-        if patch_valid is None:
+        # The encoder has checked this mask already (shape, a valid patch per clip): derive it without a second check.
+        if attention_mask is None:
             patch_valid = torch.ones_like(bool_masked_pos)
+        else:
+            patch_valid = patch_mask_from_frame_mask(
+                attention_mask, self.config.patch_size, self.config.num_frequency_patches
+            )
         masked = bool_masked_pos & patch_valid
 
         # Put the encoded patches back at their positions; unused slots of the visible sequence go to a spare column.
