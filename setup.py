@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"beats_hf": ["data/*.csv", "data/*.md", "metrics/*/*.py"]},
+    package_data={"beats_hf": ["data/*.csv", "data/*.md", "training/metrics/*/*.py"]},
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",

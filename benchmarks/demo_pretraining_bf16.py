@@ -25,8 +25,8 @@ from common import (
 
 from beats_hf import BeatsForMaskedAudioModeling
 from beats_hf.precision import bf16_is_fast
-from beats_hf.pretraining.masking import random_masked_patches
-from beats_hf.pretraining.pretrain import preset_config
+from beats_hf.training.pretraining.masking import random_masked_patches
+from beats_hf.training.pretraining.pretrain import preset_config
 
 BATCH_SIZE = 16
 FRAMES = 198  # 2 s of 16 kHz audio

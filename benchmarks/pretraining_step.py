@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from beats_hf import BeatsForAudioTokenization, BeatsForMaskedAudioModeling, BeatsTokenizationConfig
-from beats_hf.pretraining.masking import random_masked_patches
-from beats_hf.pretraining.pretrain import preset_config
+from beats_hf.training.pretraining.masking import random_masked_patches
+from beats_hf.training.pretraining.pretrain import preset_config
 
 BASE = preset_config("base")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pretraining_step.json")
@@ -74,8 +74,8 @@ def main() -> None:
     num_frames = 1 + (int(args.seconds * 16000) - 400) // 160  # Kaldi frames of the clip
     features = torch.randn(args.batch_size, num_frames, config.num_mel_bins)
     num_patches = num_frames // config.patch_size * config.num_frequency_patches
-    patch_valid = np.ones((args.batch_size, num_patches), dtype=bool)
-    bool_masked_pos = torch.from_numpy(random_masked_patches(patch_valid, args.mask_ratio, np.random.default_rng(0)))
+    patch_mask = np.ones((args.batch_size, num_patches), dtype=bool)
+    bool_masked_pos = torch.from_numpy(random_masked_patches(patch_mask, args.mask_ratio, np.random.default_rng(0)))
     labels = torch.randint(0, config.num_target_codes, (args.batch_size, num_patches))
 
     def pretraining_step() -> None:

@@ -5,7 +5,7 @@ Features: the 128-bin Kaldi-style log-mel filter bank of BEATs (25 ms Povey wind
 each clip's frames to the per-bin mean and standard deviation (256 numbers), then standardised with statistics of the
 training set.
 
-Classifier: `beats_hf.linear_probe.fit_logistic_regression`, the multinomial logistic regression (L2 penalty chosen on
+Classifier: `beats_hf.training.linear_probe.fit_logistic_regression`, the multinomial logistic regression (L2 penalty chosen on
 a stratified 20 % of the training clips) that also probes the BEATs encoders. Everything is deterministic.
 
 On the demo corpus (FluidR3 GM) this reaches 0.31-0.33 test accuracy on the held-out
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from transformers.audio_utils import mel_filter_bank, window_function
 
-from beats_hf.linear_probe import fit_logistic_regression
+from beats_hf.training.linear_probe import fit_logistic_regression
 
 SAMPLING_RATE = 16000
 FRAME_LENGTH = 400

@@ -111,7 +111,7 @@ def fine_tune(settings: DemoSettings, model_dir: Path, labelled: Path, output: P
     (metrics `linear_probe_accuracy` and `eval_accuracy`, on the test split)."""
     from transformers import TrainingArguments
 
-    from beats_hf.finetuning import DataArguments, ModelArguments, run_finetuning
+    from beats_hf.training.finetuning import DataArguments, ModelArguments, run_finetuning
 
     training_args = TrainingArguments(
         output_dir=str(output), use_cpu=True, do_train=True, do_eval=True, report_to="none",

@@ -4,7 +4,7 @@ encoder compares with a random one of the same architecture.
 For each model and each hidden state (0 = encoder input, then one per layer), the clip embedding is pooled over the
 valid patches as the mean, the standard deviation, or both concatenated, or per frequency band as the mean and standard
 deviation over time ("frequency_bands", what a `classifier_pooling="frequency_bands"` head sees), and
-`beats_hf.linear_probe` fits a logistic regression on the train split and scores it on the test split of a labelled
+`beats_hf.training.linear_probe` fits a logistic regression on the train split and scores it on the test split of a labelled
 audio folder / saved dataset.
 
     python examples/probe_layers.py --dataset demo_output/corpus/labelled \
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from beats_hf.audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
-from beats_hf.linear_probe import fit_logistic_regression
+from beats_hf.training.linear_probe import fit_logistic_regression
 from beats_hf.modeling_beats import pool_frequency_bands
 
 

@@ -11,28 +11,13 @@ The dataset is an `audiofolder` (one sub-folder per class, `train/` and `test/` 
 --freq_mask_bins 48 --layer_decay 0.75`; linear probing: `--freeze_base_model`; multi-label (AudioSet-style, a list of
 label indices per clip): `--multi_label` (metric: mAP). Works under `accelerate launch` unchanged. Rerunning the same
 command resumes from the last complete checkpoint, refuses other settings (exit status 1) and does nothing once the run
-has finished.
+has finished. Prints the evaluation metrics as one JSON line.
 """
 
 import sys
 
-from transformers import HfArgumentParser, TrainingArguments
-
 import beats_hf  # noqa: F401  (registers the BEATs Auto classes)
-from beats_hf.finetuning import DataArguments, ModelArguments, run_finetuning
-from beats_hf.run_folder import RunFolderError, refuse
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        metrics = run_finetuning(model_args, data_args, training_args)
-    except RunFolderError as error:
-        sys.exit(refuse("run_audio_classification.py", error, training_args.process_index))
-    print({key: value for key, value in metrics.items() if key.startswith("eval_")})
-    return metrics
-
+from beats_hf.training.finetuning import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -16,27 +16,9 @@ several GPUs (bf16):
 `beats-hf pretrain` takes the same arguments; `beats-hf iterate` chains tokenizer and pre-training iterations.
 """
 
-import json
 import sys
 
-from transformers import HfArgumentParser, TrainingArguments
-
-from beats_hf.pretraining.pretrain import PretrainingArguments, run_pretraining
-from beats_hf.run_folder import RunFolderError, refuse
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        metrics = run_pretraining(args, training_args)
-    except RunFolderError as error:
-        sys.exit(refuse("run_pretraining.py", error, training_args.process_index))
-    if training_args.process_index == 0:
-        summary = {key: value for key, value in sorted(metrics.items()) if key.startswith(("last_", "train_"))}
-        print(json.dumps(summary))
-    return metrics
-
+from beats_hf.training.pretraining.pretrain import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

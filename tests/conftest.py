@@ -100,3 +100,13 @@ RUN_NOTES: list[str] = []
 def pytest_terminal_summary(terminalreporter):
     for note in RUN_NOTES:
         terminalreporter.write_line(note)
+
+
+def finetune(argv: list[str]) -> dict:
+    """Fine-tuning as `examples/run_audio_classification.py ARGV` runs it, returning the final metrics."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from beats_hf.training.finetuning import DataArguments, ModelArguments, run_finetuning
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    return run_finetuning(*parser.parse_args_into_dataclasses(args=argv))

@@ -18,7 +18,6 @@ from beats_hf.audio_data import (
     random_crop,
 )
 
-
 SR = 16000
 
 

@@ -1,20 +1,17 @@
 """The fine-tuning example on tiny generated datasets: single-label audiofolder and multi-label saved dataset."""
 
 import json
-import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import write_wav
+from conftest import finetune, write_wav
 
 from beats_hf import BeatsConfig, BeatsFeatureExtractor, BeatsForAudioClassification, BeatsModel
-from beats_hf.finetuning import layer_wise_parameter_groups, spec_augment
+from beats_hf.training.finetuning import layer_wise_parameter_groups, spec_augment
 from demo.run import predictions_of
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples"))
-import run_audio_classification  # noqa: E402
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_embedding_dim=32,
@@ -65,7 +62,7 @@ def common_args(model_dir, data, output_dir) -> list[str]:
 
 def test_single_label_fine_tuning_learns(pretrained_dir, audiofolder, tmp_path):
     output = tmp_path / "out"
-    metrics = run_audio_classification.main(
+    metrics = finetune(
         common_args(pretrained_dir, audiofolder, output) + ["--max_steps", "40"]
     )
     assert metrics["eval_accuracy"] >= 0.75, metrics  # 3 easy classes, chance 0.33
@@ -88,7 +85,7 @@ def test_unreadable_eval_files_are_left_out_and_counted(pretrained_dir, audiofol
     (data / "train" / "low" / "broken.wav").write_bytes(b"RIFF not really a wav file")
     output = tmp_path / "out"
     # 37 training clips, batches of 8: 5 steps read every one of them once.
-    metrics = run_audio_classification.main(common_args(pretrained_dir, data, output) + ["--max_steps", "5"])
+    metrics = finetune(common_args(pretrained_dir, data, output) + ["--max_steps", "5"])
     assert metrics["eval_unreadable_files_left_out"] == 1
     assert metrics["train_unreadable_files_replaced"] == 1
     saved = json.loads((output / "all_results.json").read_text())
@@ -99,7 +96,7 @@ def test_unreadable_eval_files_are_left_out_and_counted(pretrained_dir, audiofol
 
 def test_paper_recipe_options_train(pretrained_dir, audiofolder, tmp_path):
     """Mixup, SpecAugment and layer-wise lr decay together: training runs and the loss stays finite."""
-    metrics = run_audio_classification.main(
+    metrics = finetune(
         common_args(pretrained_dir, audiofolder, tmp_path / "out")
         + ["--max_steps", "6", "--mixup_alpha", "0.8", "--time_mask_frames", "10", "--freq_mask_bins", "8",
            "--layer_decay", "0.75", "--freeze_feature_encoder"]
@@ -122,7 +119,7 @@ def test_multi_label_fine_tuning_reports_map(pretrained_dir, tmp_path):
     )
     dataset = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict({"train": dataset, "test": dataset.select(range(8))}).save_to_disk(tmp_path / "saved")
-    metrics = run_audio_classification.main(
+    metrics = finetune(
         common_args(pretrained_dir, tmp_path / "saved", tmp_path / "out")
         + ["--max_steps", "10", "--multi_label", "--label_column", "labels"]
     )
@@ -133,7 +130,7 @@ def test_multi_label_fine_tuning_reports_map(pretrained_dir, tmp_path):
 
 def test_linear_probing_changes_only_the_head(pretrained_dir, audiofolder, tmp_path):
     output = tmp_path / "probe"
-    run_audio_classification.main(
+    finetune(
         common_args(pretrained_dir, audiofolder, output) + ["--max_steps", "3", "--freeze_base_model"]
     )
     before = BeatsModel.from_pretrained(pretrained_dir).state_dict()
@@ -147,7 +144,7 @@ def test_linear_probe_head_is_fitted_before_fine_tuning(pretrained_dir, audiofol
     """LP-FT: the head starts as a logistic regression on the frozen clip embeddings (pooled as the head pools). With
     a learning rate of 0 the saved model is exactly that probe, so it scores what the probe scored before training."""
     output = tmp_path / "lp"
-    metrics = run_audio_classification.main(
+    metrics = finetune(
         common_args(pretrained_dir, audiofolder, output)
         + ["--max_steps", "2", "--linear_probe_head", "--learning_rate", "0", "--warmup_steps", "0",
            "--classifier_pooling", pooling]
@@ -173,7 +170,7 @@ def test_linear_probe_head_needs_single_label(pretrained_dir, tmp_path):
     dataset = datasets.Dataset.from_dict({"audio": paths, "labels": [[0], [1], [0, 1], [0]]}, features=features)
     datasets.DatasetDict({"train": dataset, "test": dataset}).save_to_disk(tmp_path / "saved")
     with pytest.raises(ValueError, match="single-label"):
-        run_audio_classification.main(
+        finetune(
             common_args(pretrained_dir, tmp_path / "saved", tmp_path / "out")
             + ["--max_steps", "1", "--multi_label", "--label_column", "labels", "--linear_probe_head"]
         )
@@ -204,7 +201,8 @@ def test_spec_augment_masks_inside_valid_frames_only():
     assert zero_bins.any() and zero_bins.sum(-1).max() <= 32
 
 
-def test_probe_layers_scores_every_hidden_state(pretrained_dir, audiofolder):
+def test_probe_layers_scores_every_hidden_state(pretrained_dir, audiofolder, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
     import probe_layers
 
     results = probe_layers.main(["--dataset", str(audiofolder), "--models", str(pretrained_dir),

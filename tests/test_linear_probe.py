@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from beats_hf.linear_probe import WEIGHT_DECAYS, fit_logistic_regression
+from beats_hf.training.linear_probe import WEIGHT_DECAYS, fit_logistic_regression
 
 
 def blobs(rng, per_class: int, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

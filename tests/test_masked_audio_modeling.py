@@ -22,8 +22,14 @@ from beats_hf import (
     BeatsRandomProjectionForAudioTokenization,
 )
 from beats_hf.modeling_beats import patch_mask_from_frame_mask
-from beats_hf.pretraining.collator import MaskedAudioModelingCollator
-from beats_hf.pretraining.masking import KeyedUniforms, compute_patch_mask, num_masked_patches, random_masked_patches
+from beats_hf.training.pretraining.collator import MaskedAudioModelingCollator
+from beats_hf.training.pretraining.masking import (
+    KeyedUniforms,
+    compute_patch_mask,
+    num_masked_patches,
+    random_masked_patches,
+)
+from beats_hf.training.pretraining.pretrain import masked_prediction_sums
 
 LENGTHS = (80, 64, 37)  # frames: 40, 32 and 16 valid patches (37 frames fill 2 rows of 16)
 NUM_FRAMES = 80
@@ -53,12 +59,12 @@ def padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return features, mask
 
 
-def patch_valid_of(mask: torch.Tensor) -> torch.Tensor:
+def patch_mask_of(mask: torch.Tensor) -> torch.Tensor:
     return patch_mask_from_frame_mask(mask, 16, 8)
 
 
 def draw_mask(mask: torch.Tensor, seed: int = 0, ratio: float = 0.75) -> torch.Tensor:
-    valid = patch_valid_of(mask).numpy()
+    valid = patch_mask_of(mask).numpy()
     return torch.from_numpy(random_masked_patches(valid, ratio, np.random.default_rng(seed)))
 
 
@@ -141,7 +147,8 @@ def test_collator_adds_masks_over_valid_patches_only():
     batch = collator(items)
     features, mask, masked = batch["input_features"], batch["attention_mask"], batch["bool_masked_pos"]
     assert masked.dtype == torch.bool and masked.shape == (3, features.shape[1] // 16 * 8)
-    valid = patch_valid_of(mask)
+    valid = patch_mask_of(mask)
+    assert torch.equal(batch["patch_mask"], valid)  # derived once here, passed on to the tokenizer and the student
     assert not (masked & ~valid).any()
     assert masked.sum(1).tolist() == num_masked_patches(valid.sum(1).numpy(), 0.75).tolist()
     # Same seed -> same masks; another seed -> other masks; successive batches differ.
@@ -152,7 +159,7 @@ def test_collator_adds_masks_over_valid_patches_only():
 
 
 def test_collator_masks_differ_between_processes_and_workers(monkeypatch):
-    import beats_hf.pretraining.collator as collator_module
+    import beats_hf.training.pretraining.collator as collator_module
 
     items = [{"waveform": np.full(16000, 0.1, dtype=np.float32)} for _ in range(4)]
     masks = {}
@@ -172,7 +179,7 @@ def test_keyed_masks_are_a_function_of_each_clip_and_epoch():
     def masks(order, epoch=0, seed=3):
         items = [{"waveform": waveforms[i], "index": 10 + i, "epoch": epoch} for i in order]
         batch = MaskedAudioModelingCollator(BeatsFeatureExtractor(), seed=seed)(items)
-        valid = patch_valid_of(batch["attention_mask"])
+        valid = patch_mask_of(batch["attention_mask"])
         return {i: batch["bool_masked_pos"][row][valid[row]] for row, i in enumerate(order)}
 
     alone = {i: masks([i])[i] for i in range(3)}
@@ -226,13 +233,13 @@ def test_visible_only_encoding_equals_full_encoding_with_masked_patches_removed(
     model = BeatsForMaskedAudioModeling(tiny_config(**CONFIG_VARIANTS[variant])).eval()
     features, mask = padded_batch()
     masked = draw_mask(mask)
-    visible = patch_valid_of(mask) & ~masked
+    visible = patch_mask_of(mask) & ~masked
     with torch.no_grad():
         output = model(features, mask, bool_masked_pos=masked)
         patches = model.beats.patch_embeddings(features)
         # Full length, masked patches treated exactly as padding: zeroed and never attended to.
         removed = model.beats.encoder(patches, patch_mask=visible).last_hidden_state
-        kept = model.beats.encoder(patches, patch_mask=patch_valid_of(mask)).last_hidden_state
+        kept = model.beats.encoder(patches, patch_mask=patch_mask_of(mask)).last_hidden_state
     for clip in range(len(LENGTHS)):
         count = int(visible[clip].sum())
         assert output.patch_mask[clip].sum() == count
@@ -266,7 +273,7 @@ def test_loss_is_the_cross_entropy_over_masked_valid_patches():
     model = BeatsForMaskedAudioModeling(tiny_config()).eval()
     features, mask = padded_batch()
     masked = draw_mask(mask)
-    valid = patch_valid_of(mask)
+    valid = patch_mask_of(mask)
     labels = torch.randint(0, 16, (len(LENGTHS), NUM_PATCHES), generator=torch.Generator().manual_seed(1))
     labels[~valid] = -100
     labels[0, int(masked[0].nonzero()[1])] = -100  # an ignored masked patch
@@ -275,10 +282,16 @@ def test_loss_is_the_cross_entropy_over_masked_valid_patches():
         selected = masked & valid & (labels != -100)
         expected = F.cross_entropy(output.logits[selected], labels[selected])
         torch.testing.assert_close(output.loss, expected)
+        # What the Trainer logs as masked accuracy and codebook coverage (the model computes no metric of its own).
         predictions = output.logits[selected].argmax(-1)
-        torch.testing.assert_close(output.masked_accuracy, (predictions == labels[selected]).float().mean())
-        assert output.codebook_coverage_targets == len(labels[selected].unique()) / 16
-        assert output.codebook_coverage_predictions == len(predictions.unique()) / 16
+        sums = masked_prediction_sums(output.logits, labels, masked)
+        assert sums[0] == (predictions == labels[selected]).sum() and sums[1] == selected.sum()
+        assert torch.equal(sums[2:18].nonzero().flatten(), labels[selected].unique())
+        assert torch.equal(sums[18:].nonzero().flatten(), predictions.unique())
+        # The patch validity the collator derives once per batch gives the same outputs as the frame mask.
+        given = model(features, bool_masked_pos=masked, labels=labels, patch_mask=valid)
+        torch.testing.assert_close(given.logits, output.logits, rtol=0, atol=0)
+        torch.testing.assert_close(given.loss, output.loss, rtol=0, atol=0)
         # Labels of visible patches do not count; labels of masked ones do.
         relabelled = labels.clone()
         relabelled[valid & ~masked] = (relabelled[valid & ~masked] + 1) % 16
@@ -353,7 +366,7 @@ def test_predictor_input_has_encoded_patches_in_place_and_the_mask_embedding_els
     with torch.no_grad():
         output = model(features, mask, bool_masked_pos=masked)
     hook.remove()
-    full, valid = captured["full"], patch_valid_of(mask)
+    full, valid = captured["full"], patch_mask_of(mask)
     assert full.shape == (len(LENGTHS), NUM_PATCHES, width)
     encoded = output.last_hidden_state
     with torch.no_grad():

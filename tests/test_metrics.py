@@ -1,4 +1,4 @@
-"""The metric modules shipped in beats_hf.metrics load offline through `evaluate` and compute the right numbers."""
+"""The metric modules shipped in beats_hf.training.metrics load offline through `evaluate` and compute the right numbers."""
 
 import math
 import socket
@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 
-from beats_hf.metrics import available_metrics, load_metric
+from beats_hf.training.metrics import available_metrics, load_metric
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from transformers import AutoModel, TrainingArguments
 
 from beats_hf import BeatsForAudioTokenization, BeatsModel, BeatsTokenizationConfig
 from beats_hf.cli import main as cli
-from beats_hf.pretraining.pretrain import PretrainingArguments, run_pretraining
+from beats_hf.training.pretraining.pretrain import PretrainingArguments, run_pretraining
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CODES = 64  # the tiny preset's random-projection codebook
@@ -151,7 +151,7 @@ def file_times(out: Path, stages: list[str]) -> dict[str, int]:
 
 
 def test_plan_of_stages():
-    from beats_hf.pretraining.iterate import plan_stages
+    from beats_hf.training.pretraining.iterate import plan_stages
 
     assert [(s.name, s.inputs) for s in plan_stages(2, finetune_teacher=True)] == [
         ("iteration_1/tokenizer", {}),

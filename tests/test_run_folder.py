@@ -1,4 +1,4 @@
-"""`beats_hf.run_folder`: complete checkpoints, the settings record, finished runs (the commands' end-to-end behaviour
+"""`beats_hf.training.run_folder`: complete checkpoints, the settings record, finished runs (the commands' end-to-end behaviour
 under kills is in test_fault_injection.py)."""
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainingArguments
 
-from beats_hf.run_folder import (
+from beats_hf.training.run_folder import (
     RECORD_NAME,
     RunFolder,
     RunFolderError,

@@ -1,4 +1,4 @@
-"""Tokenizer training by distillation (`beats_hf.pretraining`): the EMA codebook, the distillation model, and
+"""Tokenizer training by distillation (`beats_hf.training.pretraining`): the EMA codebook, the distillation model, and
 end-to-end runs on a small generated corpus -- single process, resumed after a crash, and 2-process DDP on CPU."""
 
 import json
@@ -25,9 +25,9 @@ from beats_hf import (
     BeatsModel,
 )
 from beats_hf.audio_data import decode_audio
-from beats_hf.pretraining.quantization import NormEmaCodebook, codebook_perplexity, spherical_kmeans
-from beats_hf.pretraining.tokenizer_training import BeatsTokenizationDistillationModel, student_config_from_teacher
-from beats_hf.pretraining.train_tokenizer import StudentArguments, load_teacher, run_tokenizer_training
+from beats_hf.training.pretraining.distillation import BeatsTokenizationDistillationModel, student_config_from_teacher
+from beats_hf.training.pretraining.quantization import NormEmaCodebook, codebook_perplexity, spherical_kmeans
+from beats_hf.training.pretraining.train_tokenizer import StudentArguments, load_teacher, run_tokenizer_training
 
 SAMPLING_RATE = 16000
 TEACHER = dict(
@@ -293,7 +293,7 @@ def test_missing_teacher_gives_a_clear_error(tmp_path, corpus):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_teacher(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "beats_hf.pretraining.train_tokenizer", "--teacher", str(tmp_path / "nowhere"),
+        [sys.executable, "-m", "beats_hf.training.pretraining.train_tokenizer", "--teacher", str(tmp_path / "nowhere"),
          "--data", str(corpus), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"],
         capture_output=True, text=True, timeout=300, env=ENV,
     )
@@ -426,7 +426,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch
     from transformers import TrainerCallback
 
-    from beats_hf.pretraining import quantization, train_tokenizer
+    from beats_hf.training.pretraining import quantization, train_tokenizer
 
     local_statistics = []
     _all_reduce_sum = quantization.all_reduce_sum

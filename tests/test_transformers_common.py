@@ -244,7 +244,7 @@ SKIPPED_BY_THE_SHARED_TESTS = {
         "BeatsRandomProjectionForAudioTokenizationTest.test_can_set_attention_dynamically",
     ],
     "The tokenizers do not train through a loss of their own: the random-projection tokenizer is frozen "
-    "(`is_training = False`), the acoustic tokenizer is trained by the distillation model in beats_hf.pretraining": [
+    "(`is_training = False`), the acoustic tokenizer is trained by the distillation model in beats_hf.training.pretraining": [
         "BeatsRandomProjectionForAudioTokenizationTest.test_training*",
         f"{_TOKENIZERS[1]}.test_enable_input_require_grads_with_gradient_checkpointing",
         f"{_TOKENIZERS[0]}.test_enable_input_require_grads_with_gradient_checkpointing",

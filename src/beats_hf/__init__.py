@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForAudioFrameClassification,
 )
 
+from . import _moved_modules
 from .configuration_beats import BeatsConfig, BeatsRandomProjectionConfig, BeatsTokenizationConfig
 from .feature_extraction_beats import BeatsFeatureExtractor
 from .modeling_beats import (
@@ -27,6 +28,8 @@ from .modeling_beats import (
 )
 
 __version__ = "0.1.0"
+
+_moved_modules.install()  # the training kit's old module paths (beats_hf.pretraining, ...) still import, with a warning
 
 for _config in (BeatsConfig, BeatsTokenizationConfig, BeatsRandomProjectionConfig):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)

@@ -10,9 +10,9 @@ import sys
 
 # sub-command -> (module with a `main(argv)` function, one-line description)
 SUBCOMMANDS = {
-    "train-tokenizer": ("beats_hf.pretraining.train_tokenizer", "train an acoustic tokenizer by distillation"),
-    "pretrain": ("beats_hf.pretraining.pretrain", "masked audio modeling with a frozen tokenizer"),
-    "iterate": ("beats_hf.pretraining.iterate", "the iterative BEATs pre-training loop, iteration 1 to K"),
+    "train-tokenizer": ("beats_hf.training.pretraining.train_tokenizer", "train an acoustic tokenizer by distillation"),
+    "pretrain": ("beats_hf.training.pretraining.pretrain", "masked audio modeling with a frozen tokenizer"),
+    "iterate": ("beats_hf.training.pretraining.iterate", "the iterative BEATs pre-training loop, iteration 1 to K"),
     "embed": ("beats_hf.embed", "clip and frame embeddings for a folder or dataset"),
 }
 TRACEBACK_FLAG, TRACEBACK_VARIABLE = "--traceback", "BEATS_HF_TRACEBACK"

@@ -86,8 +86,6 @@ class BeatsConfig(PretrainedConfig):
             deviation over the clip's valid time rows, concatenated (`2 * num_frequency_patches * hidden_size`
             features). BEATs has no absolute position embedding, so the plain mean mixes all bands; keeping them apart
             keeps the spectral envelope, which matters for timbre tasks such as instrument recognition.
-        mask_ratio (`float`, *optional*, defaults to 0.75):
-            Share of valid patches masked in masked audio modeling.
         num_target_codes (`int`, *optional*, defaults to 1024):
             Size of the label vocabulary predicted in masked audio modeling (the tokenizer's codebook size).
         predictor_num_layers (`int`, *optional*, defaults to 3):
@@ -134,7 +132,6 @@ class BeatsConfig(PretrainedConfig):
     classifier_dropout: float | int = 0.0
     use_weighted_layer_sum: bool = False
     classifier_pooling: ClassifierPooling = "mean"
-    mask_ratio: float = 0.75
     num_target_codes: int = 1024
     predictor_num_layers: int = 3
     predictor_hidden_size: int | None = None
@@ -202,8 +199,6 @@ class BeatsConfig(PretrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"`mask_ratio` must lie in (0, 1), got {self.mask_ratio!r}.")
         if not 0.0 < self.layer_wise_gradient_decay_ratio <= 1.0:
             raise ValueError(
                 f"`layer_wise_gradient_decay_ratio` must lie in (0, 1], got {self.layer_wise_gradient_decay_ratio!r}."

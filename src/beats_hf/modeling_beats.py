@@ -485,21 +485,21 @@ class BeatsEncoder(nn.Module):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BeatsModelOutput:
         batch_size, num_patches, _ = hidden_states.shape
-        visible = patch_mask
         if bool_masked_pos is not None:
-            visible = ~bool_masked_pos if visible is None else visible & ~bool_masked_pos
-        if visible is not None:
+            # From here on `patch_mask` marks the patches the encoder sees: valid and not masked.
+            patch_mask = ~bool_masked_pos if patch_mask is None else patch_mask & ~bool_masked_pos
+        if patch_mask is not None:
             # Padded and masked patches are zeroed before the position convolution, so nothing leaks from them.
-            hidden_states = hidden_states * visible.unsqueeze(-1).to(hidden_states.dtype)
+            hidden_states = hidden_states * patch_mask.unsqueeze(-1).to(hidden_states.dtype)
         hidden_states = hidden_states + self.pos_conv_embed(hidden_states)
 
         position_ids = torch.arange(num_patches, device=hidden_states.device).unsqueeze(0)
         if bool_masked_pos is not None:
             # Encode only the visible patches (MAE style), each keeping its true position for the relative bias.
-            num_visible = visible.sum(-1)
-            order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)[:, : int(num_visible.max())]
+            num_visible = patch_mask.sum(-1)
+            order = torch.argsort((~patch_mask).to(torch.int8), dim=1, stable=True)[:, : int(num_visible.max())]
             hidden_states = torch.gather(hidden_states, 1, order.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
-            visible = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < num_visible.unsqueeze(1)
+            patch_mask = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < num_visible.unsqueeze(1)
             position_ids = order
 
         if not self.config.layer_norm_first:
@@ -508,8 +508,8 @@ class BeatsEncoder(nn.Module):
 
         position_bias = self.relative_position_bias(position_ids) if self.relative_position_bias is not None else None
         key_padding_mask = None
-        if visible is not None:
-            key_padding_mask = additive_key_mask(visible, hidden_states.dtype)
+        if patch_mask is not None:
+            key_padding_mask = additive_key_mask(patch_mask, hidden_states.dtype)
 
         decay = self.config.layer_wise_gradient_decay_ratio
         # Reused attention-mask storage of the layers; only in inference (autograd needs each layer's mask).
@@ -532,7 +532,7 @@ class BeatsEncoder(nn.Module):
             hidden_states = self.layer_norm(hidden_states)
         return BeatsModelOutput(
             last_hidden_state=hidden_states,
-            patch_mask=visible if visible is not None else None,
+            patch_mask=patch_mask,
             position_ids=position_ids if bool_masked_pos is not None else None,
         )
 
@@ -595,15 +595,24 @@ class BeatsPreTrainedModel(_ChecksLoadedWeights, PreTrainedModel):
         elif isinstance(module, BeatsQuantizer):
             init.copy_(module.codebook, F.normalize(torch.randn_like(module.codebook), dim=-1))
 
-    def compute_patch_mask(self, attention_mask: torch.Tensor | None, num_patches: int) -> torch.Tensor | None:
-        """Frame-level `attention_mask` -> patch-level bool mask (True = valid), or None when all frames are valid."""
-        if attention_mask is None:
-            return None
-        patch_mask = patch_mask_from_frame_mask(
-            attention_mask, self.config.patch_size, self.config.num_frequency_patches
-        )
-        if patch_mask.shape[1] != num_patches:
-            raise ValueError(f"attention_mask gives {patch_mask.shape[1]} patches but the features give {num_patches}.")
+    def compute_patch_mask(
+        self, attention_mask: torch.Tensor | None, num_patches: int, patch_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Which patches are valid (bool, True = valid): `patch_mask` when the caller has derived it already, else
+        derived from the frame-level `attention_mask`; None when every frame is valid. Checked either way."""
+        source = "patch_mask"
+        if patch_mask is None:
+            if attention_mask is None:
+                return None
+            source = "attention_mask"
+            patch_mask = patch_mask_from_frame_mask(
+                attention_mask, self.config.patch_size, self.config.num_frequency_patches
+            )
+        if patch_mask.ndim != 2 or patch_mask.shape[1] != num_patches:
+            raise ValueError(
+                f"{source} gives {tuple(patch_mask.shape)} patches but the features give (batch, {num_patches})."
+            )
+        patch_mask = patch_mask.bool()
         check_patch_mask(patch_mask)
         return patch_mask
 
@@ -620,6 +629,7 @@ _INPUTS_DOCSTRING = r"""
             1 for real frames, 0 for padding, as returned by [`BeatsFeatureExtractor`]. A patch is used only if all
             its frames are real. Without it every frame counts as real.
 """
+
 
 
 class BeatsModel(BeatsPreTrainedModel):
@@ -644,6 +654,7 @@ class BeatsModel(BeatsPreTrainedModel):
         input_features: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BeatsModelOutput:
         r"""
@@ -655,9 +666,13 @@ class BeatsModel(BeatsPreTrainedModel):
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, patches)`, *optional*):
             Patches to hide (masked audio modeling). Only the visible patches are encoded, keeping their true
             positions; the outputs then have `max(visible)` positions, described by `patch_mask` and `position_ids`.
+        patch_mask (`torch.BoolTensor` of shape `(batch_size, patches)`, *optional*):
+            True for the valid patches, when the caller has derived it from `attention_mask` already
+            (`patch_mask_from_frame_mask`, as the pre-training collator does once per batch); it takes the place of
+            `attention_mask`.
         """
         hidden_states = self.patch_embeddings(input_features)
-        patch_mask = self.compute_patch_mask(attention_mask, hidden_states.shape[1])
+        patch_mask = self.compute_patch_mask(attention_mask, hidden_states.shape[1], patch_mask)
         return self.encoder(hidden_states, patch_mask, bool_masked_pos, **kwargs)
 
 
@@ -908,12 +923,6 @@ class BeatsMaskedAudioModelingOutput(ModelOutput):
     logits (`torch.FloatTensor` of shape `(batch_size, patches, num_target_codes)`):
         Code scores at every patch position. Only the masked valid positions are trained; the others are returned so
         that the shape does not depend on the mask.
-    masked_accuracy (`torch.FloatTensor` of shape `()`, *optional*):
-        Share of the masked, labelled patches whose highest-scoring code is the label.
-    codebook_coverage_targets (`torch.FloatTensor` of shape `()`, *optional*):
-        Share of the `num_target_codes` codes that occur among the labels of the masked patches of this batch.
-    codebook_coverage_predictions (`torch.FloatTensor` of shape `()`, *optional*):
-        The same for the predicted codes; far below the target coverage, the predictor is collapsing onto a few codes.
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, visible_patches, hidden_size)`):
         Encoder output for the visible patches only, left-aligned; see `patch_mask` and `position_ids`.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
@@ -928,9 +937,6 @@ class BeatsMaskedAudioModelingOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    masked_accuracy: torch.FloatTensor | None = None
-    codebook_coverage_targets: torch.FloatTensor | None = None
-    codebook_coverage_predictions: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -961,13 +967,13 @@ class BeatsLabelPredictor(nn.Module):
         self.layer_norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if config.layer_norm_first else None
         self.classifier = nn.Linear(width, config.num_target_codes)
 
-    def forward(self, hidden_states: torch.Tensor, patch_valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
         """`hidden_states`: `(batch, patches, predictor width)`, encoded patches and mask embeddings in place."""
         num_patches = hidden_states.shape[1]
         position_bias = None
         if self.relative_position_bias is not None:
             position_bias = self.relative_position_bias(torch.arange(num_patches, device=hidden_states.device)[None])
-        key_padding_mask = additive_key_mask(patch_valid, hidden_states.dtype)
+        key_padding_mask = additive_key_mask(patch_mask, hidden_states.dtype)
         for layer in self.layers:
             hidden_states, _ = layer(hidden_states, position_bias, key_padding_mask)
         if self.layer_norm is not None:
@@ -980,7 +986,7 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
     encoded visible patches back at their positions, a learned mask embedding at the masked ones, and predicts the
     acoustic tokenizer's code of every masked patch.
 
-    Masks and targets are inputs: `bool_masked_pos` from `beats_hf.pretraining.masking.random_masked_patches` (the
+    Masks and targets are inputs: `bool_masked_pos` from `beats_hf.training.pretraining.masking.random_masked_patches` (the
     pre-training collator adds it) and `labels` from a frozen tokenizer (`BeatsForAudioTokenization` or
     `BeatsRandomProjectionForAudioTokenization`), which the training loop runs; no tokenizer lives in this model.
     `AutoModel.from_pretrained` on a saved folder gives the bare encoder ([`BeatsModel`]) and drops the predictor.
@@ -1009,6 +1015,7 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BeatsMaskedAudioModelingOutput:
         r"""
@@ -1022,11 +1029,14 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size, patches)`, *optional*):
             Code index of every patch from the acoustic tokenizer; -100 is ignored. The loss covers the masked valid
             patches only.
+        patch_mask (`torch.BoolTensor` of shape `(batch_size, patches)`, *optional*):
+            True for the valid patches, when the caller has derived it from `attention_mask` already (the
+            pre-training collator does, once per batch, for the masks); it takes the place of `attention_mask`.
         """
         if bool_masked_pos is None:
             raise ValueError(
                 "BeatsForMaskedAudioModeling needs `bool_masked_pos` (batch, patches): draw it with "
-                "beats_hf.pretraining.masking.random_masked_patches or use MaskedAudioModelingCollator."
+                "beats_hf.training.pretraining.masking.random_masked_patches or use MaskedAudioModelingCollator."
             )
         batch_size, num_frames = input_features.shape[:2]
         num_patches = num_frames // self.config.patch_size * self.config.num_frequency_patches
@@ -1038,19 +1048,18 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         if labels is not None and tuple(labels.shape) != (batch_size, num_patches):
             raise ValueError(f"`labels` has shape {tuple(labels.shape)}, expected ({batch_size}, {num_patches}).")
         bool_masked_pos = bool_masked_pos.bool()
-
-        outputs = self.beats(
-            input_features, attention_mask=attention_mask, bool_masked_pos=bool_masked_pos, return_dict=True, **kwargs
-        )
-        encoded = outputs.last_hidden_state
-        # The encoder has checked this mask already (shape, a valid patch per clip): derive it without a second check.
-        if attention_mask is None:
-            patch_valid = torch.ones_like(bool_masked_pos)
-        else:
-            patch_valid = patch_mask_from_frame_mask(
+        if patch_mask is None and attention_mask is not None:
+            # Derived once here; the encoder checks it (shape, a valid patch per clip).
+            patch_mask = patch_mask_from_frame_mask(
                 attention_mask, self.config.patch_size, self.config.num_frequency_patches
             )
-        masked = bool_masked_pos & patch_valid
+
+        outputs = self.beats(
+            input_features, bool_masked_pos=bool_masked_pos, patch_mask=patch_mask, return_dict=True, **kwargs
+        )
+        encoded = outputs.last_hidden_state
+        patch_mask = torch.ones_like(bool_masked_pos) if patch_mask is None else patch_mask.bool()
+        masked = bool_masked_pos & patch_mask
 
         # Put the encoded patches back at their positions; unused slots of the visible sequence go to a spare column.
         visible_states = encoded
@@ -1060,31 +1069,20 @@ class BeatsForMaskedAudioModeling(BeatsPreTrainedModel):
         full = visible_states.new_zeros(batch_size, num_patches + 1, visible_states.shape[-1])
         full = full.scatter(1, slots.unsqueeze(-1).expand_as(visible_states), visible_states)[:, :num_patches]
         full = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(full.dtype), full)
-        logits = self.label_predictor(full, patch_valid)
+        logits = self.label_predictor(full, patch_mask)
 
-        loss = masked_accuracy = coverage_targets = coverage_predictions = None
+        loss = None
         if labels is not None:
             selected = masked & (labels != -100)
-            selected_logits = logits[selected].float()
-            targets = labels[selected]
             # A sum over the selected patches divided by their count: 0 (not NaN) for a batch with nothing masked.
+            # (The masked accuracy and codebook coverage are the Trainer's: MaskedAudioModelingTrainer logs them.)
             loss = F.cross_entropy(
-                selected_logits, targets, label_smoothing=self.config.label_smoothing, reduction="sum"
+                logits[selected].float(), labels[selected], label_smoothing=self.config.label_smoothing, reduction="sum"
             ) / selected.sum().clamp(min=1)
-            with torch.no_grad():
-                predictions = selected_logits.argmax(-1)
-                count = max(targets.numel(), 1)
-                num_codes = self.config.num_target_codes
-                masked_accuracy = (predictions == targets).sum() / count
-                coverage_targets = (torch.bincount(targets, minlength=num_codes) > 0).sum() / num_codes
-                coverage_predictions = (torch.bincount(predictions, minlength=num_codes) > 0).sum() / num_codes
 
         return BeatsMaskedAudioModelingOutput(
             loss=loss,
             logits=logits,
-            masked_accuracy=masked_accuracy,
-            codebook_coverage_targets=coverage_targets,
-            codebook_coverage_predictions=coverage_predictions,
             last_hidden_state=encoded,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
@@ -1161,15 +1159,23 @@ class BeatsForAudioTokenization(BeatsPreTrainedModel):
     # Its kwargs are not `Unpack[TransformersKwargs]`: a tokenizer returns codes, never hidden states or attentions.
     @can_return_tuple
     def forward(
-        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+        **kwargs,
     ) -> BeatsTokenizationOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
             Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`].
         attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
             1 for real frames, 0 for padding.
+        patch_mask (`torch.BoolTensor` of shape `(batch_size, patches)`, *optional*):
+            True for the valid patches, when already derived from `attention_mask`; it takes its place.
         """
-        outputs = self.beats(input_features, attention_mask=attention_mask, return_dict=True, **kwargs)
+        outputs = self.beats(
+            input_features, attention_mask=attention_mask, patch_mask=patch_mask, return_dict=True, **kwargs
+        )
         return self.quantizer(outputs.last_hidden_state, outputs.patch_mask, return_codes=True)
 
 
@@ -1213,22 +1219,34 @@ class BeatsRandomProjectionForAudioTokenization(_ChecksLoadedWeights, PreTrained
 
     @can_return_tuple
     def forward(
-        self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+        **kwargs,
     ) -> BeatsTokenizationOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch_size, frames, num_mel_bins)`):
             Normalised Kaldi log-mel fbank from [`BeatsFeatureExtractor`].
         attention_mask (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
             1 for real frames, 0 for padding.
+        patch_mask (`torch.BoolTensor` of shape `(batch_size, patches)`, *optional*):
+            True for the valid patches, when already derived from `attention_mask`; it takes its place.
         """
         check_input_features(input_features, self.config.num_mel_bins)
         patches = self.patchify(input_features.to(self.projection.dtype))
         embeddings = F.normalize(patches @ self.projection, dim=-1)
-        patch_mask = None
-        if attention_mask is not None:
+        if patch_mask is None and attention_mask is not None:
             patch_mask = patch_mask_from_frame_mask(
                 attention_mask, self.config.patch_size, self.config.num_frequency_patches
             )
+        if patch_mask is not None:
+            if tuple(patch_mask.shape) != tuple(patches.shape[:2]):
+                raise ValueError(
+                    f"The patch mask has shape {tuple(patch_mask.shape)} but the features give "
+                    f"{tuple(patches.shape[:2])} patches."
+                )
+            patch_mask = patch_mask.bool()
             check_patch_mask(patch_mask)
         return _tokenization_output(embeddings, self.codebook, patch_mask)
 

@@ -10,42 +10,32 @@ Trainer, never part of the saved student.
 
 Works unchanged under `accelerate launch` / `torchrun`. Rerunning with the same `--output_dir` resumes from its last
 complete `checkpoint-N` folder, refuses other settings and does nothing once the run has finished
-(`beats_hf.run_folder`). The finished folder holds the student (`save_pretrained`), the feature extractor,
+(`beats_hf.training.run_folder`). The finished folder holds the student (`save_pretrained`), the feature extractor,
 `trainer_state.json` and `train_results.json`; `AutoModel.from_pretrained(OUT)` gives its encoder.
 """
 
-import json
+import inspect
 import logging
 import os
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from transformers import AutoModel, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import AutoModel, Trainer, TrainingArguments, set_seed
 
-from ..audio_data import AudioClips, ClipEpochCallback, StreamingAudioClips, load_audio_dataset
-from ..configuration_beats import BeatsConfig, BeatsRandomProjectionConfig
-from ..feature_extraction_beats import BeatsFeatureExtractor
-from ..modeling_beats import BeatsForMaskedAudioModeling, BeatsRandomProjectionForAudioTokenization
-from ..run_folder import (
-    RunFolder,
-    RunFolderError,
-    atomic_write_json,
-    finite_metrics,
-    path_setting,
-    refuse,
-    train_or_restore,
-    training_length,
-    training_settings,
-)
-from ..sources import is_local_path
+from ...configuration_beats import BeatsConfig, BeatsRandomProjectionConfig
+from ...feature_extraction_beats import BeatsFeatureExtractor
+from ...modeling_beats import BeatsForMaskedAudioModeling, BeatsRandomProjectionForAudioTokenization
+from ...sources import is_local_path
+from ..driver import TrainingJob, clip_count, command_main, metrics_starting_with, run_training, training_clips
+from ..run_folder import path_setting, training_settings
 from .collator import MaskedAudioModelingCollator
 
 logger = logging.getLogger(__name__)
 
 RANDOM_PROJECTION = "random_projection"
+# What MaskedAudioModelingTrainer logs, reported as last_<name> in the results.
+LOGGED_METRICS = ("masked_accuracy", "loss", "target_codebook_coverage", "prediction_codebook_coverage")
 
 # Encoder sizes. Anything not listed keeps the BeatsConfig default (the released base model). `num_target_codes` is
 # the codebook size of the iteration-1 random projection; a trained tokenizer imposes its own.
@@ -115,6 +105,21 @@ def tokenizer_codebook_size(tokenizer: nn.Module) -> int:
     return size
 
 
+@torch.no_grad()
+def masked_prediction_sums(logits: torch.Tensor, labels: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+    """What the masked-prediction metrics are made of, summable over batches and processes: [correct, counted,
+    histogram of the target codes (K), histogram of the predicted codes (K)] over the masked, labelled patches (labels
+    are -100 at padded patches)."""
+    selected = bool_masked_pos.bool() & (labels != -100)
+    targets, predictions = labels[selected], logits.argmax(-1)[selected]
+    num_codes = logits.shape[-1]
+    return torch.cat([
+        torch.stack([(predictions == targets).sum(), torch.tensor(targets.numel(), device=logits.device)]),
+        torch.bincount(targets, minlength=num_codes),
+        torch.bincount(predictions, minlength=num_codes),
+    ]).float()
+
+
 class MaskedAudioModelingTrainer(Trainer):
     """Trainer for `BeatsForMaskedAudioModeling` that makes the labels with a frozen acoustic tokenizer.
 
@@ -141,12 +146,20 @@ class MaskedAudioModelingTrainer(Trainer):
         that the targets do not depend on it."""
         with torch.autocast(self.args.device.type, enabled=False):
             output = self.acoustic_tokenizer(
-                input_features=inputs["input_features"].float(), attention_mask=inputs.get("attention_mask")
+                input_features=inputs["input_features"].float(),
+                attention_mask=inputs.get("attention_mask"),
+                **self._patch_mask_argument(inputs),
             )
         token_ids = getattr(output, "token_ids", None)
         if token_ids is None:
             raise TypeError(f"The tokenizer {type(self.acoustic_tokenizer).__name__} returned no `token_ids`.")
         return token_ids
+
+    def _patch_mask_argument(self, inputs: dict[str, torch.Tensor]) -> dict:
+        # The collator's patch validity, for the tokenizers that take it (ours do; another AutoModel may not).
+        if "patch_mask" in inputs and "patch_mask" in inspect.signature(self.acoustic_tokenizer.forward).parameters:
+            return {"patch_mask": inputs["patch_mask"]}
+        return {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "labels": self.make_labels(inputs)}
@@ -157,14 +170,7 @@ class MaskedAudioModelingTrainer(Trainer):
 
     @torch.no_grad()
     def _accumulate_metrics(self, inputs: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
-        labels = inputs["labels"]
-        selected = inputs["bool_masked_pos"].bool() & (labels != -100)
-        targets, predictions = labels[selected], logits.argmax(-1)[selected]
-        num_codes = logits.shape[-1]
-        self._metric_sums[0] += (predictions == targets).sum()
-        self._metric_sums[1] += targets.numel()
-        self._metric_sums[2 : 2 + num_codes] += torch.bincount(targets, minlength=num_codes)
-        self._metric_sums[2 + num_codes :] += torch.bincount(predictions, minlength=num_codes)
+        self._metric_sums += masked_prediction_sums(logits, inputs["labels"], inputs["bool_masked_pos"])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Only the periodic training logs carry "loss"; every process calls log() with them, so the reduce is safe.
@@ -177,18 +183,6 @@ class MaskedAudioModelingTrainer(Trainer):
                 logs["prediction_codebook_coverage"] = round((sums[2 + num_codes :] > 0).float().mean().item(), 4)
             self._metric_sums.zero_()
         super().log(logs, start_time)
-
-
-def _clips(args: PretrainingArguments, seed: int) -> AudioClips | StreamingAudioClips:
-    dataset = load_audio_dataset(args.data, split=args.split, audio_column=args.audio_column, streaming=args.streaming)
-    if args.max_train_samples:
-        dataset = dataset.take(args.max_train_samples) if args.streaming else dataset.select(
-            range(min(args.max_train_samples, len(dataset)))
-        )
-    clip_class = StreamingAudioClips if args.streaming else AudioClips
-    # Items carry (epoch, index): the collator's masks are a function of them, so a resumed run continues the stream.
-    return clip_class(dataset, crop_seconds=args.crop_seconds, label_column=None, audio_column=args.audio_column,
-                      seed=seed, return_index=True)
 
 
 def pretraining_settings(args: PretrainingArguments, training_args: TrainingArguments) -> dict:
@@ -206,105 +200,62 @@ def run_pretraining(
 ) -> dict:
     """Pre-train a student by masked audio modeling and save it to `training_args.output_dir`.
 
-    The folder is a `RunFolder`: training resumes from `training_args.resume_from_checkpoint`, or else from the last
-    complete `checkpoint-N` there; a rerun with other settings raises `RunFolderError`; a finished run is not
-    trained again (its recorded metrics are returned and nothing is written). The finished model, feature extractor,
-    `trainer_state.json` and `train_results.json` go to the output dir. Returns the training metrics plus the last
-    logged masked accuracy and codebook coverages.
+    The folder is a `RunFolder` (`beats_hf.training.driver.run_training`): training resumes from
+    `training_args.resume_from_checkpoint`, or else from the last complete `checkpoint-N` there; a rerun with other
+    settings raises `RunFolderError`; a finished run is not trained again (its recorded metrics are returned and
+    nothing is written). The finished model, feature extractor, `trainer_state.json` and `train_results.json` go to
+    the output dir. Returns the training metrics plus the last logged masked accuracy and codebook coverages.
     """
-    if args.streaming and training_args.max_steps <= 0:
-        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs with).")
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() != training_args.world_size:
-        # e.g. an FSDP or multi-GPU launch config on a machine without GPUs: each process would train alone and all
-        # would write the same folder.
-        raise RuntimeError(
-            f"{torch.distributed.get_world_size()} processes were launched but Trainer uses "
-            f"{training_args.world_size}; check the accelerate config (on CPU: --multi_gpu with --use_cpu works)."
+
+    def build(start) -> TrainingJob:
+        set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
+        num_codes = PRESETS.get(args.model_preset, {}).get("num_target_codes", BeatsConfig().num_target_codes)
+        acoustic_tokenizer = load_acoustic_tokenizer(args.tokenizer, num_codes, training_args.seed)
+        config = preset_config(
+            args.model_preset,
+            num_target_codes=tokenizer_codebook_size(acoustic_tokenizer),
+            # Trainer's own label smoother never sees this loss: the model applies the smoothing itself.
+            label_smoothing=training_args.label_smoothing_factor,
         )
-    output_dir = training_args.output_dir
-    run = RunFolder(output_dir, "pretrain", pretraining_settings(args, training_args), training_length(training_args))
-    start = run.prepare(training_args.resume_from_checkpoint)
-    if start.finished:
-        return start.metrics
-    set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
-    # Items are raw waveforms that the collator turns into features: nothing for Trainer to prune.
-    training_args.remove_unused_columns = False
-
-    num_codes = PRESETS.get(args.model_preset, {}).get("num_target_codes", BeatsConfig().num_target_codes)
-    acoustic_tokenizer = load_acoustic_tokenizer(args.tokenizer, num_codes, training_args.seed)
-    config = preset_config(
-        args.model_preset,
-        num_target_codes=tokenizer_codebook_size(acoustic_tokenizer),
-        mask_ratio=args.mask_ratio,
-        # Trainer's own label smoother never sees this loss: the model applies the smoothing itself.
-        label_smoothing=training_args.label_smoothing_factor,
-    )
-    model = BeatsForMaskedAudioModeling(config)
-    feature_extractor = BeatsFeatureExtractor()
-    clips = _clips(args, training_args.seed)
-    collator = MaskedAudioModelingCollator(
-        feature_extractor,
-        mask_ratio=args.mask_ratio,
-        patch_size=config.patch_size,
-        num_frequency_patches=config.num_frequency_patches,
-        seed=training_args.seed,
-    )
-    trainer = MaskedAudioModelingTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=clips,
-        data_collator=collator,
-        processing_class=feature_extractor,
-        acoustic_tokenizer=acoustic_tokenizer,
-        callbacks=[ClipEpochCallback(clips), *(callbacks or [])],
-    )
-
-    checkpoint = start.checkpoint
-    if trainer.is_world_process_zero():
-        size = f"{len(clips)} clips" if isinstance(clips, AudioClips) else "streamed clips"
-        print(
+        model = BeatsForMaskedAudioModeling(config)
+        feature_extractor = BeatsFeatureExtractor()
+        # Items carry (epoch, index): the collator's masks are a function of them, so a resumed run continues the
+        # stream.
+        clips = training_clips(
+            args.data, training_args, crop_seconds=args.crop_seconds, split=args.split,
+            audio_column=args.audio_column, streaming=args.streaming, max_train_samples=args.max_train_samples,
+            return_index=True,
+        )
+        collator = MaskedAudioModelingCollator(
+            feature_extractor,
+            mask_ratio=args.mask_ratio,
+            patch_size=config.patch_size,
+            num_frequency_patches=config.num_frequency_patches,
+            seed=training_args.seed,
+        )
+        trainer = MaskedAudioModelingTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=clips,
+            data_collator=collator,
+            processing_class=feature_extractor,
+            acoustic_tokenizer=acoustic_tokenizer,
+            callbacks=callbacks,
+        )
+        banner = (
             f"pre-training {args.model_preset} ({model.num_parameters() / 1e6:.2f}M parameters, "
-            f"{config.num_target_codes} codes) on {size} with tokenizer {args.tokenizer!r}, "
-            f"{training_args.world_size} process(es)" + (f", resuming from {checkpoint}" if checkpoint else ""),
-            flush=True,
+            f"{config.num_target_codes} codes) on {clip_count(clips)} with tokenizer {args.tokenizer!r}"
         )
-    run.begin()
-    started = time.time()
-    metrics = train_or_restore(trainer, checkpoint, run.length)
+        return TrainingJob(trainer, banner, logged=LOGGED_METRICS)
 
-    trainer.save_model(output_dir)  # the student (save_pretrained) and the feature extractor
-    last_log = next((log for log in reversed(trainer.state.log_history) if "masked_accuracy" in log), {})
-    for key in ("loss", "masked_accuracy", "target_codebook_coverage", "prediction_codebook_coverage"):
-        if key in last_log:
-            metrics[f"last_{key}"] = last_log[key]
-    metrics["train_wall_seconds"] = round(time.time() - started, 1)
-    if trainer.is_world_process_zero():
-        trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
-        atomic_write_json(os.path.join(output_dir, "train_results.json"), finite_metrics(metrics), sort_keys=True)
-    trainer.accelerator.wait_for_everyone()
-    run.finish(metrics)
-    return finite_metrics(metrics)
-
-
-def require_output_dir(parser: HfArgumentParser, argv: list[str]) -> None:
-    # TrainingArguments would silently default to ./trainer_output.
-    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
-        parser.error("--output_dir is required (checkpoints and the trained model go there).")
+    return run_training("pretrain", pretraining_settings(args, training_args), training_args, build)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((PretrainingArguments, TrainingArguments))
-    require_output_dir(parser, argv)
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        metrics = run_pretraining(args, training_args)
-    except RunFolderError as error:
-        return refuse("beats-hf pretrain", error, training_args.process_index)
-    if training_args.process_index == 0:
-        print(json.dumps({key: metrics[key] for key in sorted(metrics) if key.startswith(("last_", "train_"))}))
-    return 0
+    return command_main(
+        "beats-hf pretrain", (PretrainingArguments, TrainingArguments), run_pretraining, argv,
+        summary=metrics_starting_with("last_", "train_"),
+    )
 
 
 __all__ = [
@@ -312,6 +263,7 @@ __all__ = [
     "TOKENIZER_PRESETS",
     "PretrainingArguments",
     "MaskedAudioModelingTrainer",
+    "masked_prediction_sums",
     "load_acoustic_tokenizer",
     "preset_config",
     "pretraining_settings",

@@ -23,6 +23,6 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
     """Load a shipped metric by name (`"accuracy"`, `"mean_average_precision"`); `kwargs` go to `evaluate.load`."""
     if name not in available_metrics():
         raise ValueError(f"Unknown metric {name!r}; available metrics: {', '.join(available_metrics())}")
-    import evaluate  # deferred: evaluate pulls in datasets, which `import beats_hf.metrics` should not pay for
+    import evaluate  # deferred: evaluate pulls in datasets, which importing the metrics should not pay for
 
     return evaluate.load(str(METRICS_DIR / name), **kwargs)

@@ -6,8 +6,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio_data import AudioFeatureCollator
-from ..modeling_beats import patch_mask_from_frame_mask
+from ...audio_data import AudioFeatureCollator
+from ...modeling_beats import patch_mask_from_frame_mask
 from .masking import KeyedUniforms, random_masked_patches
 
 
@@ -19,7 +19,8 @@ def _process_and_worker() -> tuple[int, int]:
 
 
 class MaskedAudioModelingCollator:
-    """Turns `AudioClips` items into `input_features`, `attention_mask` and `bool_masked_pos` (bool, (batch, patches)).
+    """Turns `AudioClips` items into `input_features`, `attention_mask`, `patch_mask` (True at valid patches) and
+    `bool_masked_pos` (True at masked patches), both bool `(batch, patches)`.
 
     A patch is valid only if all its `patch_size` frames are real; masks are drawn among valid patches only
     ([`random_masked_patches`]). When the items carry their `index` and `epoch` (`AudioClips(return_index=True)`, as
@@ -70,14 +71,16 @@ class MaskedAudioModelingCollator:
         attention_mask = batch.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones(features.shape[:2], dtype=torch.long)
-        patch_valid = patch_mask_from_frame_mask(attention_mask, self.patch_size, self.num_frequency_patches)
+        patch_mask = patch_mask_from_frame_mask(attention_mask, self.patch_size, self.num_frequency_patches)
         if indices is not None:
             epochs = [int(item.get("epoch", 0)) for item in items if item is not None]
             draw = KeyedUniforms(self.seed, np.stack([np.asarray(epochs, dtype=np.int64), indices.numpy()], axis=1))
         else:
             draw = self._generator()
-        masked = random_masked_patches(patch_valid.numpy(), self.mask_ratio, draw)
+        masked = random_masked_patches(patch_mask.numpy(), self.mask_ratio, draw)
         batch["bool_masked_pos"] = torch.from_numpy(masked)
+        # Derived once per batch, here, and used by the tokenizer and the student alike.
+        batch["patch_mask"] = patch_mask
         return batch
 
 

@@ -1,8 +1,8 @@
 """Train a BEATs acoustic tokenizer by distillation from a frozen teacher: `beats-hf train-tokenizer` and
 `run_tokenizer_training`.
 
-Command line (also `python -m beats_hf.pretraining.train_tokenizer`, and unchanged under `accelerate launch` or
-`torchrun` for several processes):
+Command line (also `python -m beats_hf.training.pretraining.train_tokenizer`, and unchanged under `accelerate launch`
+or `torchrun` for several processes):
 
     beats-hf train-tokenizer --teacher TEACHER --data DATA --output_dir OUT [--crop_seconds 10] \
         [--student_hidden_size 768 --student_codebook_size 1024 ...] [any TrainingArguments, e.g. --max_steps 400000
@@ -33,52 +33,42 @@ Python (what the iterative pre-training loop calls):
 The finished `output_dir` holds the student only (`BeatsForAudioTokenization`, loadable with
 `AutoModel.from_pretrained(output_dir)`), the feature extractor and `trainer_state.json`. The estimator and the
 codebook's EMA statistics are only in the `checkpoint-N/` folders. `output_dir` is a `RunFolder`
-(`beats_hf.run_folder`): training resumes from `training_args.resume_from_checkpoint` (a path, or True for the last
-complete checkpoint) and, when that is unset, from the last complete checkpoint already there; a rerun with other
+(`beats_hf.training.run_folder`): training resumes from `training_args.resume_from_checkpoint` (a path, or True for the
+last complete checkpoint) and, when that is unset, from the last complete checkpoint already there; a rerun with other
 settings raises `RunFolderError`; a finished run is not trained again (its recorded metrics are returned and nothing
 is written).
 """
 
 import copy
-import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field, fields
 
 import datasets
 import torch
 from torch import nn
-from transformers import AutoModel, HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoModel, TrainerCallback, TrainingArguments, set_seed
 
-from ..audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, StreamingAudioClips, load_audio_dataset
-from ..feature_extraction_beats import BeatsFeatureExtractor
-from ..modeling_beats import BeatsModel
-from ..run_folder import (
-    RunFolder,
-    RunFolderError,
-    atomic_write_json,
-    finite_metrics,
-    path_setting,
-    refuse,
-    train_or_restore,
-    training_length,
-    training_settings,
-)
-from ..sources import is_local_path
-from .quantization import is_distributed
-from .tokenizer_training import (
+from ...audio_data import AudioFeatureCollator
+from ...feature_extraction_beats import BeatsFeatureExtractor
+from ...modeling_beats import BeatsModel
+from ...sources import is_local_path
+from ..driver import TrainingJob, clip_count, command_main, metrics_starting_with, run_training, training_clips
+from ..run_folder import path_setting, training_settings
+from .distillation import (
     BeatsTokenizationDistillationModel,
     TokenizationDistillationTrainer,
     codebook_checksum,
     student_config_from_teacher,
     teacher_encoder,
 )
+from .quantization import is_distributed
 
 logger = logging.getLogger(__name__)
 
-_LOGGED_METRICS = (
+# What TokenizationDistillationTrainer logs, reported as last_<name> in the results.
+LOGGED_METRICS = (
     "distillation_loss", "commitment_loss", "codebook_usage", "codebook_perplexity", "dead_codes", "restarted_codes"
 )
 
@@ -153,23 +143,6 @@ def load_teacher(teacher: str | os.PathLike | nn.Module) -> BeatsModel:
     return teacher_encoder(model)
 
 
-def _clip_dataset(
-    data, crop_seconds: float | None, split: str, audio_column: str, streaming: bool, max_train_samples: int | None,
-    seed: int,
-) -> AudioClips | StreamingAudioClips:
-    if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
-        dataset = data
-        streaming = isinstance(data, datasets.IterableDataset)
-    else:
-        dataset = load_audio_dataset(os.fspath(data), split=split, audio_column=audio_column, streaming=streaming)
-    if max_train_samples:
-        dataset = dataset.take(max_train_samples) if streaming else dataset.select(
-            range(min(max_train_samples, len(dataset)))
-        )
-    clip_class = StreamingAudioClips if streaming else AudioClips
-    return clip_class(dataset, crop_seconds=crop_seconds, label_column=None, audio_column=audio_column, seed=seed)
-
-
 def _check_codebooks_in_sync(checksum: str) -> None:
     """Raise if the processes ended with different codebooks (the EMA all-reduce must keep them bit-identical)."""
     if not is_distributed():
@@ -201,88 +174,64 @@ def run_tokenizer_training(
     output_dir = os.fspath(output_dir)
     training_args = copy.copy(training_args) if training_args is not None else TrainingArguments(output_dir=output_dir)
     training_args.output_dir = output_dir
-    # Items are raw waveforms that the collator turns into features: nothing for Trainer to prune.
-    training_args.remove_unused_columns = False
-    if streaming and training_args.max_steps <= 0:
-        raise ValueError("Streaming data needs max_steps (a stream has no length to count epochs with).")
     settings = {
         "teacher": path_setting(teacher), "data": path_setting(data), "student_overrides": student_overrides or {},
         "crop_seconds": crop_seconds, "split": split, "audio_column": audio_column, "streaming": streaming,
         "max_train_samples": max_train_samples, "kmeans_iterations": kmeans_iterations,
         "restart_dead_codes_after": restart_dead_codes_after, **training_settings(training_args),
     }
-    run = RunFolder(output_dir, "train-tokenizer", settings, training_length(training_args))
-    start = run.prepare(training_args.resume_from_checkpoint)
-    if start.finished:
-        return start.metrics
 
-    teacher_model = load_teacher(teacher)  # first: a missing teacher should fail before any data is read
-    set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
-    config = student_config_from_teacher(teacher_model.config, **(student_overrides or {}))
-    model = BeatsTokenizationDistillationModel(
-        config,
-        teacher_hidden_size=teacher_model.config.hidden_size,
-        kmeans_iterations=kmeans_iterations,
-        seed=training_args.seed,
-        restart_dead_codes_after=restart_dead_codes_after,
-    )
-    clips = _clip_dataset(data, crop_seconds, split, audio_column, streaming, max_train_samples, training_args.seed)
-    feature_extractor = BeatsFeatureExtractor()
-    trainer = TokenizationDistillationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=clips,
-        data_collator=AudioFeatureCollator(feature_extractor),
-        processing_class=feature_extractor,
-        teacher=teacher_model,
-        callbacks=[ClipEpochCallback(clips), *(callbacks or [])],
-    )
-
-    checkpoint = start.checkpoint
-    if trainer.is_world_process_zero():
-        size = f"{len(clips)} clips" if isinstance(clips, AudioClips) else "streamed clips"
-        teacher_name = teacher if isinstance(teacher, (str, os.PathLike)) else type(teacher).__name__
-        print(
-            f"training a tokenizer ({model.student.num_parameters() / 1e6:.2f}M parameters, {config.codebook_size} x "
-            f"{config.codebook_dim} codebook, {config.estimator_num_layers}-layer estimator) from teacher "
-            f"{teacher_name!s} ({teacher_model.num_parameters() / 1e6:.2f}M) on {size}, "
-            f"{training_args.world_size} process(es)" + (f", resuming from {checkpoint}" if checkpoint else ""),
-            flush=True,
+    def build(start) -> TrainingJob:
+        teacher_model = load_teacher(teacher)  # first: a missing teacher should fail before any data is read
+        set_seed(training_args.seed)  # before the student is built, so its initialisation is reproducible
+        config = student_config_from_teacher(teacher_model.config, **(student_overrides or {}))
+        model = BeatsTokenizationDistillationModel(
+            config,
+            teacher_hidden_size=teacher_model.config.hidden_size,
+            kmeans_iterations=kmeans_iterations,
+            seed=training_args.seed,
+            restart_dead_codes_after=restart_dead_codes_after,
         )
-    run.begin()
-    started = time.time()
-    metrics = train_or_restore(trainer, checkpoint, run.length)
+        clips = training_clips(
+            data, training_args, crop_seconds=crop_seconds, split=split, audio_column=audio_column,
+            streaming=streaming, max_train_samples=max_train_samples,
+        )
+        feature_extractor = BeatsFeatureExtractor()
+        trainer = TokenizationDistillationTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=clips,
+            data_collator=AudioFeatureCollator(feature_extractor),
+            processing_class=feature_extractor,
+            teacher=teacher_model,
+            callbacks=callbacks,
+        )
+        student = model.student
 
-    student = trainer.accelerator.unwrap_model(trainer.model).student
-    checksum = codebook_checksum(student.quantizer.codebook)
-    _check_codebooks_in_sync(checksum)
-    last_log = next((log for log in reversed(trainer.state.log_history) if "distillation_loss" in log), {})
-    for key in _LOGGED_METRICS:
-        if key in last_log:
-            metrics[f"last_{key}"] = last_log[key]
-    metrics["train_wall_seconds"] = round(time.time() - started, 1)
-    metrics["codebook_sha256"] = checksum
-    metrics["tokenizer_dir"] = output_dir
-    if trainer.is_world_process_zero():
-        # The tokenizer alone: no estimator, no EMA statistics.
-        student.save_pretrained(output_dir)
-        feature_extractor.save_pretrained(output_dir)
-        trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
-        atomic_write_json(os.path.join(output_dir, "train_results.json"), finite_metrics(metrics), sort_keys=True)
-    trainer.accelerator.wait_for_everyone()
-    run.finish(metrics)
-    return finite_metrics(metrics)
+        def save() -> None:
+            if trainer.is_world_process_zero():  # the tokenizer alone: no estimator, no EMA statistics
+                trainer.accelerator.unwrap_model(trainer.model).student.save_pretrained(output_dir)
+                feature_extractor.save_pretrained(output_dir)
+
+        def finish(metrics: dict) -> dict:
+            checksum = codebook_checksum(trainer.accelerator.unwrap_model(trainer.model).student.quantizer.codebook)
+            _check_codebooks_in_sync(checksum)
+            return {"codebook_sha256": checksum, "tokenizer_dir": output_dir}
+
+        teacher_name = teacher if isinstance(teacher, (str, os.PathLike)) else type(teacher).__name__
+        banner = (
+            f"training a tokenizer ({student.num_parameters() / 1e6:.2f}M parameters, {config.codebook_size} x "
+            f"{config.codebook_dim} codebook, {config.estimator_num_layers}-layer estimator) from teacher "
+            f"{teacher_name!s} ({teacher_model.num_parameters() / 1e6:.2f}M) on {clip_count(clips)}"
+        )
+        return TrainingJob(trainer, banner, logged=LOGGED_METRICS, save=save, finish=finish)
+
+    return run_training("train-tokenizer", settings, training_args, build)
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((DistillationArguments, StudentArguments, TrainingArguments))
-    args, student_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
-        parser.error("--output_dir is required (checkpoints and the trained tokenizer go there).")
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        metrics = run_tokenizer_training(
+    def run(args: DistillationArguments, student_args: StudentArguments, training_args: TrainingArguments) -> dict:
+        return run_tokenizer_training(
             args.teacher,
             args.data,
             training_args.output_dir,
@@ -297,12 +246,11 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             restart_dead_codes_after=args.restart_dead_codes_after,
             callbacks=callbacks,
         )
-    except RunFolderError as error:
-        return refuse("beats-hf train-tokenizer", error, training_args.process_index)
-    if training_args.process_index == 0:
-        summary = {key: metrics[key] for key in sorted(metrics) if key.startswith(("last_", "train_", "codebook"))}
-        print(json.dumps(summary))
-    return 0
+
+    return command_main(
+        "beats-hf train-tokenizer", (DistillationArguments, StudentArguments, TrainingArguments), run, argv,
+        summary=metrics_starting_with("last_", "train_", "codebook"),
+    )
 
 
 __all__ = [

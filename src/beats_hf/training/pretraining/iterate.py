@@ -7,7 +7,7 @@ Iteration 1 labels patches with a random-projection tokenizer and pre-trains a s
 first distils a tokenizer from the iteration k-1 student (optionally fine-tuned on labelled data first, the paper's
 "iter3+" recipe), then pre-trains a new student on its labels. The output folder:
 
-    OUT/beats_hf_run.json             the run record (`beats_hf.run_folder`): settings, status
+    OUT/beats_hf_run.json             the run record (`beats_hf.training.run_folder`): settings, status
     OUT/iterations.json               manifest: per stage its status, times, inputs and final metrics
     OUT/iteration_1/tokenizer/        random-projection tokenizer (+ feature extractor)
     OUT/iteration_1/ssl/              student (save_pretrained + feature extractor + trainer_state.json)
@@ -17,9 +17,9 @@ first distils a tokenizer from the iteration k-1 student (optionally fine-tuned 
 
 A stage trains in `<stage>.work/` (its own run folder, with its `checkpoint-N/` folders) and its final folder appears,
 by an atomic rename, only when it has finished; the manifest is rewritten atomically after every stage. `OUT` is a
-`RunFolder` (`beats_hf.run_folder`, record `OUT/beats_hf_run.json`): running the same command again skips finished
-stages, resumes an interrupted one from its last complete checkpoint and never overwrites a finished folder; once every
-stage has finished it says that the run is complete and writes nothing. A rerun with settings that define the stages
+`RunFolder` (`beats_hf.training.run_folder`, record `OUT/beats_hf_run.json`): running the same command again skips
+finished stages, resumes an interrupted one from its last complete checkpoint and never overwrites a finished folder;
+once every stage has finished it says that the run is complete and writes nothing. A rerun with settings that define the stages
 (`FIXED_SETTINGS` and the fixed training settings) changed is refused; `--iterations` may grow (the loop continues),
 `--max_steps`, `--tokenizer_max_steps` and `--teacher_max_steps` apply to the stages not finished yet, and
 `--keep_checkpoints` may change. The work folders are deleted once their stage has finished unless `--keep_checkpoints`
@@ -31,25 +31,23 @@ import datetime
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
-from ..configuration_beats import BeatsRandomProjectionConfig
-from ..feature_extraction_beats import BeatsFeatureExtractor
-from ..modeling_beats import BeatsRandomProjectionForAudioTokenization
+from ...configuration_beats import BeatsRandomProjectionConfig
+from ...feature_extraction_beats import BeatsFeatureExtractor
+from ...modeling_beats import BeatsRandomProjectionForAudioTokenization
+from ..driver import command_main
 from ..run_folder import (
     RECORD_NAME,
     RunFolder,
-    RunFolderError,
     atomic_write_json,
     checkpoint_folders,
     last_complete_checkpoint,
     path_setting,
-    refuse,
     training_settings,
 )
 from .pretrain import (
@@ -57,7 +55,6 @@ from .pretrain import (
     TOKENIZER_PRESETS,
     PretrainingArguments,
     preset_config,
-    require_output_dir,
     run_pretraining,
 )
 
@@ -360,15 +357,7 @@ def run_iterations(args: IterateArguments, training_args: TrainingArguments) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((IterateArguments, TrainingArguments))
-    require_output_dir(parser, argv)
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    try:
-        run_iterations(args, training_args)
-    except RunFolderError as error:
-        return refuse("beats-hf iterate", error, training_args.process_index)
-    return 0
+    return command_main("beats-hf iterate", (IterateArguments, TrainingArguments), run_iterations, argv)
 
 
 __all__ = ["IterateArguments", "IterativePretraining", "plan_stages", "run_iterations", "main"]

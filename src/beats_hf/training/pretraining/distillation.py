@@ -21,8 +21,8 @@ from torch import nn
 from transformers import PreTrainedConfig, Trainer
 from transformers.utils import ModelOutput
 
-from ..configuration_beats import BeatsConfig, BeatsTokenizationConfig
-from ..modeling_beats import (
+from ...configuration_beats import BeatsConfig, BeatsTokenizationConfig
+from ...modeling_beats import (
     BeatsEncoder,
     BeatsForAudioTokenization,
     BeatsModel,

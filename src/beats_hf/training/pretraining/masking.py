@@ -56,12 +56,12 @@ class KeyedUniforms:
         return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def random_masked_patches(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
+def random_masked_patches(patch_mask: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
     """Random patch masking (the paper's 75 % recipe): for each clip, `num_masked_patches` patches drawn uniformly
     without replacement among its valid patches.
 
     Args:
-        patch_valid: bool `(batch, patches)`, True for real (not padded) patches.
+        patch_mask: bool `(batch, patches)`, True for real (not padded) patches.
         mask_ratio: share of each clip's valid patches to mask, in (0, 1).
         rng: what draws the masks (anything with `random(shape)`: a numpy Generator, or `KeyedUniforms` for masks that
             are a function of each clip's key); the same seed gives the same masks.
@@ -69,29 +69,30 @@ def random_masked_patches(patch_valid: np.ndarray, mask_ratio: float, rng: np.ra
     Returns:
         bool `(batch, patches)`, True for masked patches; always False at padded patches.
     """
-    patch_valid = np.asarray(patch_valid, dtype=bool)
-    if patch_valid.ndim != 2:
-        raise ValueError(f"patch_valid must be (batch, patches), got shape {patch_valid.shape}.")
+    patch_mask = np.asarray(patch_mask, dtype=bool)
+    if patch_mask.ndim != 2:
+        raise ValueError(f"patch_mask must be (batch, patches), got shape {patch_mask.shape}.")
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio!r}.")
-    num_masked = num_masked_patches(patch_valid.sum(1), mask_ratio)
+    num_masked = num_masked_patches(patch_mask.sum(1), mask_ratio)
     # Random keys with padded patches sorted last: the num_masked smallest keys of a clip are a uniform draw of
     # num_masked of its valid patches.
-    keys = np.where(patch_valid, rng.random(patch_valid.shape), np.inf)
+    keys = np.where(patch_mask, rng.random(patch_mask.shape), np.inf)
     ranks = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
-    return (ranks < num_masked[:, None]) & patch_valid
+    return (ranks < num_masked[:, None]) & patch_mask
 
 
 
 
-def compute_patch_mask(patch_valid: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
+def compute_patch_mask(patch_mask: np.ndarray, mask_ratio: float, rng: np.random.Generator) -> np.ndarray:
     """Deprecated name of `random_masked_patches` (`compute_patch_mask` also named patch validity in the model)."""
     warnings.warn(
-        "beats_hf.pretraining.masking.compute_patch_mask is now random_masked_patches; the old name will be removed.",
+        "beats_hf.training.pretraining.masking.compute_patch_mask is now random_masked_patches; the old name will be "
+        "removed.",
         FutureWarning,
         stacklevel=2,
     )
-    return random_masked_patches(patch_valid, mask_ratio, rng)
+    return random_masked_patches(patch_mask, mask_ratio, rng)
 
 
 __all__ = ["KeyedUniforms", "num_masked_patches", "random_masked_patches"]

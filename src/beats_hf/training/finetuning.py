@@ -5,8 +5,8 @@ mixup, SpecAugment-style time/frequency masking (both applied to the batch on th
 learning-rate decay, a frozen encoder for linear probing, a head initialised by a logistic-regression linear probe
 (LP-FT), a weighted sum of layers, and training from random initialisation (for baselines with the same budget).
 
-The output dir is a `RunFolder` (`beats_hf.run_folder`): a rerun resumes from the last complete checkpoint, refuses
-other settings, and does nothing once the run has finished.
+The output dir is a `RunFolder` (`beats_hf.training.run_folder`): a rerun resumes from the last complete checkpoint,
+refuses other settings, and does nothing once the run has finished.
 """
 
 import json
@@ -19,19 +19,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, Trainer, TrainingArguments
 
-from .audio_data import AudioClips, AudioFeatureCollator, ClipEpochCallback, load_audio_dataset
+from ..audio_data import AudioClips, AudioFeatureCollator, load_audio_dataset
+from ..sources import resolve_source
+from .driver import TrainingJob, clip_count, command_main, metrics_starting_with, run_training, training_clips
 from .linear_probe import initialise_head_from_linear_probe
 from .metrics import load_metric
-from .run_folder import (
-    RunFolder,
-    atomic_write_json,
-    finite_metrics,
-    path_setting,
-    train_or_restore,
-    training_length,
-    training_settings,
-)
-from .sources import resolve_source
+from .run_folder import atomic_write_json, finite_metrics, path_setting, training_settings
 
 logger = logging.getLogger(__name__)
 
@@ -228,19 +221,104 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
     nothing written, when the run in that folder has already finished). Raises `RunFolderError` when the folder holds
     another run."""
     output_dir = training_args.output_dir
-    run = RunFolder(output_dir, "finetune", finetuning_settings(model_args, data_args, training_args),
-                    training_length(training_args))
-    start = run.prepare(training_args.resume_from_checkpoint)
-    if start.finished:
-        return start.metrics
-    train_data = load_audio_dataset(data_args.dataset, split=data_args.train_split, audio_column=data_args.audio_column)
-    eval_data = None
-    if data_args.eval_split:
-        eval_data = load_audio_dataset(data_args.dataset, split=data_args.eval_split, audio_column=data_args.audio_column)
-    names = label_names(train_data, data_args.label_column, data_args.multi_label)
+
+    def build(start) -> TrainingJob:
+        train_data = load_audio_dataset(
+            data_args.dataset, split=data_args.train_split, audio_column=data_args.audio_column
+        )
+        eval_data = None
+        if data_args.eval_split:
+            eval_data = load_audio_dataset(
+                data_args.dataset, split=data_args.eval_split, audio_column=data_args.audio_column
+            )
+        names = label_names(train_data, data_args.label_column, data_args.multi_label)
+        model, feature_extractor = _classifier(model_args, data_args, names)
+        train_clips = training_clips(
+            train_data, training_args, crop_seconds=data_args.max_length_seconds,
+            audio_column=data_args.audio_column, label_column=data_args.label_column,
+            max_train_samples=data_args.max_train_samples,
+        )
+        eval_clips = None
+        if eval_data is not None:
+            # Scored sets never substitute a clip for an unreadable one: bad files are left out and counted.
+            eval_clips = AudioClips(
+                _subset(eval_data, data_args.max_eval_samples),
+                crop_seconds=data_args.eval_max_length_seconds,
+                label_column=data_args.label_column,
+                audio_column=data_args.audio_column,
+                seed=0,
+                replace_bad=False,
+            ).without_unreadable(description=f"checking the {data_args.eval_split} clips")
+        if training_args.push_to_hub:
+            # The pushed repo carries our source files so that it loads with trust_remote_code=True anywhere.
+            model.config.register_for_auto_class()
+            model.register_for_auto_class("AutoModelForAudioClassification")
+            feature_extractor.register_for_auto_class()
+        trainer = AudioClassificationTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_clips,
+            eval_dataset=eval_clips,
+            data_collator=AudioFeatureCollator(feature_extractor, num_labels=len(names)),
+            processing_class=feature_extractor,
+            compute_metrics=metrics_function(data_args.multi_label),
+            data_args=data_args,
+            layer_decay=model_args.layer_decay,
+        )
+
+        def linear_probe_head() -> dict:
+            """LP-FT's first step, once per run: a resumed run starts from a checkpoint's head and keeps the scores
+            recorded when the probe was fitted."""
+            probe_path = os.path.join(output_dir, PROBE_RESULTS)
+            if start.checkpoint is not None:
+                if not os.path.isfile(probe_path):
+                    return {}
+                with open(probe_path) as handle:
+                    return json.load(handle)
+            model.to(training_args.device)
+            probe = initialise_head_from_linear_probe(model, train_clips, trainer.data_collator)
+            metrics = dict(
+                linear_probe_weight_decay=probe.weight_decay, linear_probe_train_accuracy=probe.train_accuracy
+            )
+            if eval_clips is not None:  # the probe alone, before any fine-tuning
+                metrics.update(trainer.evaluate(metric_key_prefix="linear_probe"))
+            if trainer.is_world_process_zero():
+                atomic_write_json(probe_path, finite_metrics(metrics), sort_keys=True)
+            return metrics
+
+        def finish(metrics: dict) -> dict:
+            added = {}
+            if eval_clips is not None:
+                added.update(trainer.evaluate())
+                added["eval_unreadable_files_left_out"] = sum(eval_clips.dropped.values())
+            if training_args.dataloader_num_workers == 0:  # with workers, each worker counts in its own copy
+                added["train_unreadable_files_replaced"] = train_clips.skipped
+            return added
+
+        source = "random initialisation" if model_args.from_scratch else model_args.model_name_or_path
+        banner = (
+            f"fine-tuning {model.num_parameters() / 1e6:.2f}M parameters from {source} for {len(names)} classes on "
+            f"{clip_count(train_clips)}"
+        )
+        return TrainingJob(
+            trainer,
+            banner,
+            train=training_args.do_train or not training_args.do_eval,
+            before_training=linear_probe_head if model_args.linear_probe_head else None,
+            finish=finish,
+            results_name="all_results.json",
+            after_results=trainer.push_to_hub if training_args.push_to_hub else None,
+        )
+
+    settings = finetuning_settings(model_args, data_args, training_args)
+    return run_training("finetune", settings, training_args, build)
+
+
+def _classifier(model_args: ModelArguments, data_args: DataArguments, names: list[str]):
+    """The classifier to fine-tune (pre-trained, or the same architecture from random initialisation) with
+    `len(names)` classes, and its feature extractor."""
     id2label = dict(enumerate(names))
     model_source = resolve_source(model_args.model_name_or_path)
-
     feature_extractor = AutoFeatureExtractor.from_pretrained(
         model_source, trust_remote_code=model_args.trust_remote_code
     )
@@ -272,77 +350,17 @@ def run_finetuning(model_args: ModelArguments, data_args: DataArguments, trainin
         model.freeze_base_model()
     elif model_args.freeze_feature_encoder:
         model.freeze_feature_encoder()
+    return model, feature_extractor
 
-    train_clips = AudioClips(
-        _subset(train_data, data_args.max_train_samples),
-        crop_seconds=data_args.max_length_seconds,
-        label_column=data_args.label_column,
-        audio_column=data_args.audio_column,
-        seed=training_args.seed,
+
+def main(argv: list[str] | None = None) -> int:
+    """The fine-tuning command line (`examples/run_audio_classification.py`)."""
+    return command_main(
+        "run_audio_classification.py", (ModelArguments, DataArguments, TrainingArguments), run_finetuning, argv,
+        summary=metrics_starting_with("eval_", "linear_probe_"),
     )
-    eval_clips = None
-    if eval_data is not None:
-        # Scored sets never substitute a clip for an unreadable one: bad files are left out and counted.
-        eval_clips = AudioClips(
-            _subset(eval_data, data_args.max_eval_samples),
-            crop_seconds=data_args.eval_max_length_seconds,
-            label_column=data_args.label_column,
-            audio_column=data_args.audio_column,
-            seed=0,
-            replace_bad=False,
-        ).without_unreadable(description=f"checking the {data_args.eval_split} clips")
-    if training_args.push_to_hub:
-        # The pushed repo carries our source files so that it loads with trust_remote_code=True anywhere.
-        model.config.register_for_auto_class()
-        model.register_for_auto_class("AutoModelForAudioClassification")
-        feature_extractor.register_for_auto_class()
-
-    # Items are raw waveforms that the collator turns into features: nothing for Trainer to prune.
-    training_args.remove_unused_columns = False
-    trainer = AudioClassificationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_clips,
-        eval_dataset=eval_clips,
-        data_collator=AudioFeatureCollator(feature_extractor, num_labels=len(names)),
-        processing_class=feature_extractor,
-        compute_metrics=metrics_function(data_args.multi_label),
-        data_args=data_args,
-        layer_decay=model_args.layer_decay,
-        callbacks=[ClipEpochCallback(train_clips)],
-    )
-    run.begin()
-    metrics = {}
-    probe_path = os.path.join(output_dir, PROBE_RESULTS)
-    if model_args.linear_probe_head and start.checkpoint is None:
-        model.to(training_args.device)
-        probe = initialise_head_from_linear_probe(model, train_clips, trainer.data_collator)
-        metrics.update(linear_probe_weight_decay=probe.weight_decay, linear_probe_train_accuracy=probe.train_accuracy)
-        if eval_clips is not None:  # the probe alone, before any fine-tuning
-            metrics.update(trainer.evaluate(metric_key_prefix="linear_probe"))
-        if trainer.is_world_process_zero():  # a resumed run starts from a checkpoint's head: it keeps these scores
-            atomic_write_json(probe_path, finite_metrics(metrics), sort_keys=True)
-    elif model_args.linear_probe_head and os.path.isfile(probe_path):
-        with open(probe_path) as handle:
-            metrics.update(json.load(handle))
-    if training_args.do_train or not training_args.do_eval:
-        if start.checkpoint and trainer.is_world_process_zero():
-            print(f"fine-tuning {output_dir}: resuming from {start.checkpoint}", flush=True)
-        metrics.update(train_or_restore(trainer, start.checkpoint, run.length))
-        trainer.save_model()
-        trainer.save_state()
-    if eval_clips is not None:
-        metrics.update(trainer.evaluate())
-        metrics["eval_unreadable_files_left_out"] = sum(eval_clips.dropped.values())
-    if training_args.dataloader_num_workers == 0:  # with workers, each worker counts in its own copy
-        metrics["train_unreadable_files_replaced"] = train_clips.skipped
-    if trainer.is_world_process_zero():
-        numbers = {key: value for key, value in finite_metrics(metrics).items() if not isinstance(value, str)}
-        atomic_write_json(os.path.join(output_dir, "all_results.json"), numbers, sort_keys=True)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
-    run.finish(metrics)
-    return metrics
 
 
-__all__ = ["ModelArguments", "DataArguments", "AudioClassificationTrainer", "finetuning_settings", "run_finetuning"]
+__all__ = [
+    "ModelArguments", "DataArguments", "AudioClassificationTrainer", "finetuning_settings", "run_finetuning", "main"
+]
