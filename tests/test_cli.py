@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from beats_hf.cli import main
 from beats_hf.sources import is_local_path, resolve_source
 
 
@@ -23,6 +24,30 @@ def test_an_error_is_one_line_and_a_non_zero_exit(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("beats-hf pretrain: error: No such folder") and str(missing) in lines[-1]
     assert "Traceback" not in result.stderr and "--traceback" in lines[-1]
+
+
+@pytest.mark.parametrize("command", ["pretrain", "train-tokenizer", "iterate"])
+def test_help_needs_no_output_dir_and_a_run_does(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--output_dir" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--data", "somewhere"])
+    assert exit_info.value.code == 2 and "--output_dir is required" in capsys.readouterr().err
+
+
+def test_the_old_module_paths_still_import_with_a_warning():
+    import beats_hf.training.pretraining.distillation as distillation
+
+    with pytest.warns(FutureWarning, match="moved to `beats_hf.training.pretraining.distillation`"):
+        from beats_hf.pretraining import tokenizer_training
+    assert tokenizer_training is distillation  # one module, one state
+    import beats_hf.pretraining.pretrain
+    import beats_hf.training.pretraining.pretrain
+
+    assert beats_hf.pretraining.pretrain is beats_hf.training.pretraining.pretrain
+    with pytest.raises(ImportError):
+        from beats_hf.pretraining import no_such_module  # noqa: F401
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])

@@ -47,6 +47,15 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         sys.modules[module.__name__] = importlib.import_module(new_name)
 
 
+def old_submodule(old_package: str, name: str):
+    """For a moved package's `__getattr__`: `from OLD_PACKAGE import NAME` where NAME was renamed (the import system
+    looks the name up in the new package, which has no such file)."""
+    old_name = f"{old_package}.{name}"
+    if old_name not in MOVED:
+        raise AttributeError(f"module {MOVED.get(old_package, old_package)!r} has no attribute {name!r}")
+    return importlib.import_module(old_name)
+
+
 def install() -> None:
     if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _MovedModuleFinder())

@@ -176,7 +176,8 @@ def command_main(
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(tuple(argument_classes))
     # TrainingArguments would silently default to ./trainer_output.
-    if not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
+    asks_for_help = any(arg in ("-h", "--help") for arg in argv)
+    if not asks_for_help and not any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv):
         parser.error("--output_dir is required (checkpoints and the trained model go there).")
     parsed = parser.parse_args_into_dataclasses(args=argv)
     training_args = parsed[-1]
