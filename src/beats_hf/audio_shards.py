@@ -8,14 +8,15 @@ writes such shards (`beats_hf.pack_shards`) with a manifest `shards.json` that l
 where the stream stood and every clip of an epoch is delivered exactly once:
 
 - **Readers.** Each (process, DataLoader worker) is one reader of `readers = world_size x num_workers`. In epoch `e`
-  the shards are put in an order drawn from `(seed, e)` and reader `r` reads shards `r, r + readers, ...` of that order.
-  A shard belongs to one reader per epoch, so no clip comes twice and none is lost. Readers whose shard counts differ
-  by one (the shard count is not a multiple of `readers`) just finish their epoch at different moments: each reader
-  runs on into the next epoch on its own. Fewer shards than readers is refused (a reader would have nothing to read).
+  the shards are put in an order drawn from `(seed, e)` and reader `r` reads shards `r, r + readers, ...` of that
+  order. A shard belongs to one reader per epoch, so no clip comes twice and none is lost. Readers whose shard counts
+  differ by one (the shard count is not a multiple of `readers`) just finish their epoch at different moments: each
+  reader runs on into the next epoch on its own. Fewer shards than readers is refused (a reader would have nothing to
+  read).
 - **Shuffling.** With `shuffle_buffer=N` a reader fills a block of N examples (still undecoded), yields them in an
-  order drawn from `(seed, epoch, reader, block)` and starts the next block. Blocks do not cross epochs. Unlike a rolling
-  buffer (`datasets.IterableDataset.shuffle`, whose content is lost when a stream state is reloaded), the stream can be
-  restored exactly by re-reading at most one block of undecoded examples.
+  order drawn from `(seed, epoch, reader, block)` and starts the next block. Blocks do not cross epochs. Unlike a
+  rolling buffer (`datasets.IterableDataset.shuffle`, whose content is lost when a stream state is reloaded), the
+  stream can be restored exactly by re-reading at most one block of undecoded examples.
 - **Position.** A reader's state is `[epoch, shard position, member offset, taken]`: where its current block starts
   (the `shard position`-th of its shards, `member offset` examples in) and how many examples of that block it has
   yielded. Every item carries its reader's state after it (`stream_state`), so whoever consumes the items knows the
@@ -256,7 +257,7 @@ class ShardedAudioClips(_ClipReader, torch.utils.data.IterableDataset):
                         yield item
                 taken = 0
             if not yielded_any and shard_position == 0 and offset == 0:
-                raise RuntimeError(f"Reader {reader} of {readers} found no readable clip in its shards (epoch {epoch}).")
+                raise RuntimeError(f"Reader {reader} of {readers} found no readable clip in its epoch {epoch} shards.")
             epoch, shard_position, offset, taken = epoch + 1, 0, 0, 0
 
     def _item(self, example: Mapping[str, Any], shard: int, member: int, epoch: int) -> dict[str, Any] | None:
