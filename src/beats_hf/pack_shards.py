@@ -4,7 +4,8 @@
 
 Each example becomes one member `KEY.EXT` (KEY: the example's place in the source, ten digits). `flac`, `wav` (16-bit
 PCM) and `mp3` re-encode the audio as 16 kHz mono, what BEATs reads, so the data loader workers only decode and crop;
-`keep` copies each file's bytes as they are, under its own extension. Unreadable files are left out and counted.
+`keep` copies each file's bytes as they are, under its own extension. Unreadable files (checked by decoding them) are
+left out and counted.
 
 A shard is filled up to `--shard_size_mb` (at least one clip each), written as `.NAME.tmp` and renamed into place, then
 recorded in `.pack_progress.json`; a rerun with the same settings skips the recorded shards and continues after them.
@@ -67,7 +68,8 @@ def _member(value: Any, audio_format: str) -> tuple[bytes, str] | None:
                     data = source
                 except OSError:
                     return None
-            return (bytes(data), extension) if data else None
+            # Checked once here, so that a shard holds only clips the training can read.
+            return (bytes(data), extension) if data and decode_audio({"bytes": bytes(data)}) is not None else None
     waveform = decode_audio(value)
     if waveform is None:
         return None
