@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", default=None, help="folder for the rendered corpus (default: a temporary one)")
     args = parser.parse_args(argv)
     set_threads(1)  # a data loader worker: one core
+    load_before = os.getloadavg()
     work = Path(args.corpus or tempfile.mkdtemp(prefix="input_pipeline_"))
     clip_folder = work / "clips_10s"
     ten_second_clips(work / "corpus", clip_folder, args.clips)
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
         "note": (f"{os.cpu_count()} logical CPUs shared with other jobs while measured: the 2- and 4-worker rows "
                  "cannot scale past the cores there are; per-core figures use process CPU time, which competition "
                  "disturbs far less than wall time."),
+        "load_average_1_5_15_min_before": [round(value, 2) for value in load_before],
         "clips": args.clips, "clip_seconds": CLIP_SECONDS, "repeats": args.repeats,
         "per_worker_core": rows, "input_path": loader_rows, "device_fbank": device_rows,
         f"cores_to_feed_{TARGET_CLIPS_PER_SECOND}_clips_per_s": feed,
