@@ -104,8 +104,11 @@ def load_audio_dataset(
     """Load an audio dataset with its audio column left undecoded (`datasets.Audio(decode=False)`).
 
     Args:
-        source: a local folder of audio files (searched recursively, loaded with the `audiofolder` builder: files in
-            class sub-folders get a `label` ClassLabel column), a folder written by `Dataset.save_to_disk` /
+        source: a folder of WebDataset tar shards (`*.tar` in it, or the shards listed by its `shards.json` from
+            `beats-hf pack-shards`), a glob of shards or one `.tar` file: read with the `webdataset` builder, the
+            audio column is the members' extension (e.g. "flac") unless `audio_column` names one; a local folder of
+            audio files (searched recursively, loaded with the `audiofolder` builder: files in class sub-folders get
+            a `label` ClassLabel column), a folder written by `Dataset.save_to_disk` /
             `DatasetDict.save_to_disk`, or a Hub dataset id (passed to `datasets.load_dataset`).
         split: the split to return. `None` returns the only split, or raises if there are several.
         audio_column: the column holding the audio (bytes / path / encoded audio).
@@ -121,6 +124,11 @@ def load_audio_dataset(
     """
     source = os.fspath(source)
     expanded = os.path.expanduser(source)
+    shards = _tar_shards(expanded)
+    if shards is not None:
+        dataset = datasets.load_dataset("webdataset", data_files={split or "train": shards}, split=split or "train",
+                                        streaming=streaming, **load_kwargs)
+        return _cast_audio_undecoded(dataset, _shard_audio_column(dataset, audio_column), source)
     if os.path.isdir(expanded):
         if _is_saved_dataset(expanded):
             num_shards = load_kwargs.pop("num_shards", None)
@@ -148,6 +156,21 @@ def load_audio_dataset(
         dataset = _pick_split(dataset, split, source)
 
     return _cast_audio_undecoded(dataset, audio_column, source)
+
+
+def _tar_shards(path: str) -> list[str] | None:
+    from .audio_shards import find_shards
+
+    return find_shards(path)
+
+
+def _shard_audio_column(dataset, audio_column: str) -> str:
+    # A WebDataset shard names its audio column by the members' extension ("flac", "wav", ...).
+    features = dataset.features or {}
+    if audio_column in features:
+        return audio_column
+    audio = [name for name, feature in features.items() if isinstance(feature, datasets.Audio)]
+    return audio[0] if audio else audio_column
 
 
 def _cast_audio_undecoded(dataset, audio_column: str, source: str = "dataset"):

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "pretrain": ("beats_hf.training.pretraining.pretrain", "masked audio modeling with a frozen tokenizer"),
     "iterate": ("beats_hf.training.pretraining.iterate", "the iterative BEATs pre-training loop, iteration 1 to K"),
     "embed": ("beats_hf.embed", "clip and frame embeddings for a folder or dataset"),
+    "pack-shards": ("beats_hf.pack_shards", "pack audio into tar shards for streamed training"),
 }
 TRACEBACK_FLAG, TRACEBACK_VARIABLE = "--traceback", "BEATS_HF_TRACEBACK"
 

@@ -360,21 +360,8 @@ class BeatsFeatureExtractor(SequenceFeatureExtractor):
         waveforms = waveforms.to(device)
         self._check_values(waveforms)
 
-        with torch.no_grad():
-            features = kaldi_fbank(
-                waveforms,
-                num_mel_bins=self.feature_size,
-                sampling_rate=self.sampling_rate,
-                frame_length=self.frame_length,
-                hop_length=self.hop_length,
-            )
-            features = (features - self.fbank_mean) / (2 * self.fbank_std)
-        valid_frames = torch.tensor([self.num_frames(length) for length in lengths], device=device)
-        attention_mask = torch.arange(features.shape[1], device=device)[None, :] < valid_frames[:, None]
-        features = features.masked_fill(~attention_mask[..., None], self.padding_value)
-        attention_mask = attention_mask.to(torch.int32)
-
-        frame_counts = valid_frames.tolist()
+        features, attention_mask = self.featurize_padded(waveforms, torch.tensor(lengths, device=device))
+        frame_counts = attention_mask.sum(1).tolist()
         if padding == "do_not_pad" and len(set(frame_counts)) == 1:
             features, attention_mask = features[:, : frame_counts[0]], attention_mask[:, : frame_counts[0]]
         elif padding == "do_not_pad":
@@ -398,6 +385,37 @@ class BeatsFeatureExtractor(SequenceFeatureExtractor):
         if not return_attention_mask:
             del data["attention_mask"]
         return BatchFeature(data)
+
+    @torch.no_grad()
+    def featurize_padded(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features of a batch that is already padded, on the batch's device, with no per-clip Python: what
+        [`~BeatsFeatureExtractor.__call__`] computes after padding (so the same values on the same device).
+
+        Args:
+            waveforms (`torch.Tensor` of shape `(batch_size, num_samples)`):
+                float32 mono 16 kHz clips right-padded with zeros.
+            lengths (`torch.Tensor` of shape `(batch_size,)`):
+                Samples of each clip, at least `min_num_samples`; not checked here.
+
+        Returns:
+            `(input_features, attention_mask)`: float32 `(batch_size, frames, feature_size)` and int32
+            `(batch_size, frames)`, as `__call__` returns them.
+        """
+        features = kaldi_fbank(
+            waveforms,
+            num_mel_bins=self.feature_size,
+            sampling_rate=self.sampling_rate,
+            frame_length=self.frame_length,
+            hop_length=self.hop_length,
+        )
+        features = (features - self.fbank_mean) / (2 * self.fbank_std)
+        lengths = lengths.to(device=features.device, dtype=torch.long)
+        valid_frames = torch.where(
+            lengths >= self.frame_length, 1 + (lengths - self.frame_length) // self.hop_length, 0
+        )
+        attention_mask = torch.arange(features.shape[1], device=features.device)[None, :] < valid_frames[:, None]
+        features = features.masked_fill(~attention_mask[..., None], self.padding_value)
+        return features, attention_mask.to(torch.int32)
 
     def _to_clips(self, raw_speech) -> list[torch.Tensor]:
         """Validate the input structure and dtypes; one 1-D float tensor per clip (numpy shares memory)."""

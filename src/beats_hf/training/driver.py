@@ -32,6 +32,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from ..audio_data import AudioClips, ClipEpochCallback, StreamingAudioClips, load_audio_dataset
+from ..audio_shards import ShardedAudioClips, find_shards
 from .run_folder import (
     RunFolder,
     RunFolderError,
@@ -104,7 +105,8 @@ def run_training(
     training_args.remove_unused_columns = False
     job = build(start)
     trainer = job.trainer
-    if hasattr(trainer.train_dataset, "set_epoch"):  # fresh random crops every epoch
+    # Fresh random crops every epoch (a shard stream runs through its epochs by itself).
+    if hasattr(trainer.train_dataset, "set_epoch") and not isinstance(trainer.train_dataset, ShardedAudioClips):
         trainer.add_callback(ClipEpochCallback(trainer.train_dataset))
     if trainer.is_world_process_zero():
         resuming = f", resuming from {start.checkpoint}" if start.checkpoint else ""
@@ -141,15 +143,32 @@ def training_clips(
     streaming: bool = False,
     max_train_samples: int | None = None,
     return_index: bool = False,
-) -> AudioClips | StreamingAudioClips:
-    """The training clips of a run: `data` is a folder of audio files, a saved dataset, a Hub dataset id or a loaded
-    `datasets` dataset (an `IterableDataset` streams). Random crops are seeded by `training_args.seed`."""
+    shuffle_buffer: int = 0,
+) -> AudioClips | StreamingAudioClips | ShardedAudioClips:
+    """The training clips of a run: `data` is a folder of audio files, a saved dataset, a Hub dataset id, tar shards
+    (a folder of `*.tar`, a glob, a `beats-hf pack-shards` folder) or a loaded `datasets` dataset (an
+    `IterableDataset` streams). Random crops and the shuffling are seeded by `training_args.seed`.
+
+    Shards with `streaming` give a `ShardedAudioClips` (exactly once per epoch over all processes and workers, a
+    resumable position: `beats_hf.training.streaming`), shuffled in blocks of `shuffle_buffer` clips. Another stream
+    with `shuffle_buffer` goes through `datasets.IterableDataset.shuffle` (reshuffled every epoch)."""
+    if streaming and training_args.max_steps <= 0:
+        raise ValueError("Streaming data needs --max_steps (a stream has no length to count epochs with).")
+    shards = None if isinstance(data, (datasets.Dataset, datasets.IterableDataset)) else find_shards(os.fspath(data))
+    if shards is not None and streaming:
+        if max_train_samples:
+            raise ValueError("--max_train_samples does not apply to tar shards: pack fewer clips instead.")
+        return ShardedAudioClips(shards, crop_seconds=crop_seconds, shuffle_buffer=shuffle_buffer,
+                                 seed=training_args.seed, label_column=label_column)
     if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
         dataset, streaming = data, isinstance(data, datasets.IterableDataset)
     else:
         dataset = load_audio_dataset(os.fspath(data), split=split, audio_column=audio_column, streaming=streaming)
-    if streaming and training_args.max_steps <= 0:
-        raise ValueError("Streaming data needs --max_steps (a stream has no length to count epochs with).")
+        if shards is not None:  # a shard's audio column is named by its members' extension
+            audio_column = next(name for name, feature in dataset.features.items()
+                                if isinstance(feature, datasets.Audio))
+    if streaming and shuffle_buffer:
+        dataset = dataset.shuffle(seed=training_args.seed, buffer_size=shuffle_buffer)
     if max_train_samples:
         dataset = dataset.take(max_train_samples) if streaming else dataset.select(
             range(min(max_train_samples, len(dataset)))
@@ -160,7 +179,9 @@ def training_clips(
 
 
 def clip_count(clips) -> str:
-    """"1200 clips", or "streamed clips" for a stream, for the start banner."""
+    """"1200 clips", "streamed clips from 12 tar shards" or "streamed clips", for the start banner."""
+    if isinstance(clips, ShardedAudioClips):
+        return f"streamed clips from {clips.n_shards} tar shards"
     return f"{len(clips)} clips" if isinstance(clips, AudioClips) else "streamed clips"
 
 

@@ -35,6 +35,10 @@ class MaskedAudioModelingCollator:
         patch_size: frames (and mel bins) per patch side.
         num_frequency_patches: patches per row of `patch_size` frames (`num_mel_bins // patch_size`).
         seed: seed of the masks; `None` draws fresh masks every run (the seed is drawn when the collator is made).
+        features_on_device: return the padded waveforms (`input_values`, float32 `(batch, samples)`) and their
+            `lengths` instead of `input_features` and `attention_mask`: the fbank is then computed on the training
+            device (`MaskedAudioModelingTrainer.device_features`). Patch validity and masks depend on the lengths
+            only, so they are still drawn here, on the CPU, and are the same as without this option.
     """
 
     def __init__(
@@ -44,10 +48,13 @@ class MaskedAudioModelingCollator:
         patch_size: int = 16,
         num_frequency_patches: int = 8,
         seed: int | None = 0,
+        features_on_device: bool = False,
     ):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {mask_ratio!r}.")
+        self.feature_extractor = feature_extractor
         self.features = AudioFeatureCollator(feature_extractor)
+        self.features_on_device = features_on_device
         self.mask_ratio = mask_ratio
         self.patch_size = patch_size
         self.num_frequency_patches = num_frequency_patches
@@ -61,16 +68,42 @@ class MaskedAudioModelingCollator:
             self._generators[key] = np.random.default_rng([int(self.seed), *key])
         return self._generators[key]
 
+    def _padded_waveforms(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """`input_values` (zero-padded float32 waveforms), `lengths`, `attention_mask` (frames, CPU) and `index`."""
+        lengths = [int(np.shape(item["waveform"])[-1]) for item in items]
+        shortest = getattr(self.feature_extractor, "min_num_samples", 0)
+        if min(lengths) < shortest:
+            raise ValueError(f"A clip has {min(lengths)} samples; BEATs needs at least {shortest}.")
+        waveforms = torch.zeros(len(items), max(lengths), dtype=torch.float32)
+        for row, item in enumerate(items):  # a copy per clip, as any padding collator makes
+            waveforms[row, : lengths[row]] = torch.as_tensor(np.asarray(item["waveform"], dtype=np.float32))
+        self.feature_extractor._check_values(waveforms)
+        lengths = torch.tensor(lengths, dtype=torch.long)
+        frame_length, hop_length = self.feature_extractor.frame_length, self.feature_extractor.hop_length
+        frames = 1 + (waveforms.shape[1] - frame_length) // hop_length
+        valid_frames = 1 + (lengths - frame_length) // hop_length
+        batch = {
+            "input_values": waveforms,
+            "lengths": lengths,
+            "attention_mask": (torch.arange(frames)[None, :] < valid_frames[:, None]).to(torch.int32),
+        }
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([int(item["index"]) for item in items], dtype=torch.long)
+        return batch
+
     def __call__(self, items: Sequence[Mapping[str, Any] | None]) -> dict[str, torch.Tensor]:
-        batch = self.features(items)
-        if not batch:
-            return batch
+        items = [item for item in items if item is not None]
+        if not items:
+            return {}
+        batch = self._padded_waveforms(items) if self.features_on_device else self.features(items)
         batch.pop("labels", None)  # class labels of the dataset, if any: pre-training makes its own targets
         indices = batch.pop("index", None)
-        features = batch["input_features"]
         attention_mask = batch.get("attention_mask")
         if attention_mask is None:
-            attention_mask = torch.ones(features.shape[:2], dtype=torch.long)
+            attention_mask = torch.ones(batch["input_features"].shape[:2], dtype=torch.long)
+        if self.features_on_device:
+            # The frame mask is recomputed with the features on the device; here it only gave patch validity.
+            del batch["attention_mask"]
         patch_mask = patch_mask_from_frame_mask(attention_mask, self.patch_size, self.num_frequency_patches)
         if indices is not None:
             epochs = [int(item.get("epoch", 0)) for item in items if item is not None]

@@ -30,6 +30,7 @@ from ...modeling_beats import (
     masked_mean,
     nearest_code,
 )
+from ..streaming import ShardStreamTrainerMixin
 from .quantization import NormEmaCodebook, codebook_perplexity, codebook_usage
 
 # BeatsConfig's own fields, without PreTrainedConfig's (labels, architectures, dtype...): a fine-tuned teacher's labels
@@ -241,7 +242,7 @@ def teacher_encoder(model: nn.Module) -> BeatsModel:
     return encoder
 
 
-class TokenizationDistillationTrainer(Trainer):
+class TokenizationDistillationTrainer(ShardStreamTrainerMixin, Trainer):
     """Trainer for `BeatsTokenizationDistillationModel` that runs the frozen teacher inside `compute_loss` (eval mode,
     no gradients, same device) to get the reconstruction targets.
 

@@ -29,6 +29,7 @@ from ...modeling_beats import BeatsForMaskedAudioModeling, BeatsRandomProjection
 from ...sources import is_local_path
 from ..driver import TrainingJob, clip_count, command_main, metrics_starting_with, run_training, training_clips
 from ..run_folder import path_setting, training_settings
+from ..streaming import ShardStreamTrainerMixin
 from .collator import MaskedAudioModelingCollator
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,22 @@ class PretrainingArguments:
     mask_ratio: float = field(default=0.75, metadata={"help": "Share of each clip's patches that is masked."})
     split: str = field(default="train")
     audio_column: str = field(default="audio")
-    streaming: bool = field(default=False, metadata={"help": "Read the data lazily (needs --max_steps)."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the data lazily (needs --max_steps). Tar shards stream exactly once per epoch over "
+                          "all processes and workers, and a resumed run continues the stream where it stood."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N clips."})
+    shuffle_buffer: int = field(
+        default=0,
+        metadata={"help": "Streaming: shuffle the clips in blocks of N (tar shards: and the shard order every epoch), "
+                          "seeded by --seed. 0: stream order."},
+    )
+    features_on_device: bool = field(
+        default=False,
+        metadata={"help": "Compute the fbank on the training device, batched, instead of in the data loader "
+                          "workers (which then only decode and crop). Same features on CPU."},
+    )
 
 
 def load_acoustic_tokenizer(spec: str, codebook_size: int, seed: int) -> nn.Module:
@@ -120,7 +135,7 @@ def masked_prediction_sums(logits: torch.Tensor, labels: torch.Tensor, bool_mask
     ]).float()
 
 
-class MaskedAudioModelingTrainer(Trainer):
+class MaskedAudioModelingTrainer(ShardStreamTrainerMixin, Trainer):
     """Trainer for `BeatsForMaskedAudioModeling` that makes the labels with a frozen acoustic tokenizer.
 
     Logs, at every logging step and over all processes, besides the loss: `masked_accuracy` (share of masked patches
@@ -161,7 +176,20 @@ class MaskedAudioModelingTrainer(Trainer):
             return {"patch_mask": inputs["patch_mask"]}
         return {}
 
+    def device_features(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batches of padded waveforms (`MaskedAudioModelingCollator(features_on_device=True)`: `input_values` and
+        `lengths`) get their `input_features` and `attention_mask` here, on the training device, in one batched pass
+        of the feature extractor (`processing_class`); other batches pass unchanged."""
+        if "input_values" not in inputs:
+            return inputs
+        inputs = dict(inputs)
+        waveforms, lengths = inputs.pop("input_values"), inputs.pop("lengths")
+        with torch.autocast(self.args.device.type, enabled=False):
+            features, attention_mask = self.processing_class.featurize_padded(waveforms.float(), lengths)
+        return {**inputs, "input_features": features, "attention_mask": attention_mask}
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = self.device_features(inputs)
         inputs = {**inputs, "labels": self.make_labels(inputs)}
         outputs = model(**inputs)
         if model.training:
@@ -190,6 +218,10 @@ def pretraining_settings(args: PretrainingArguments, training_args: TrainingArgu
     settings = {**asdict(args), **training_settings(training_args)}
     settings["data"] = path_setting(args.data)
     settings["tokenizer"] = path_setting(args.tokenizer)
+    # Options added later: recorded only when used, so that runs recorded before them still resume.
+    for name in ("shuffle_buffer", "features_on_device"):
+        if not settings[name]:
+            del settings[name]
     return settings
 
 
@@ -224,7 +256,7 @@ def run_pretraining(
         clips = training_clips(
             args.data, training_args, crop_seconds=args.crop_seconds, split=args.split,
             audio_column=args.audio_column, streaming=args.streaming, max_train_samples=args.max_train_samples,
-            return_index=True,
+            return_index=True, shuffle_buffer=args.shuffle_buffer,
         )
         collator = MaskedAudioModelingCollator(
             feature_extractor,
@@ -232,6 +264,7 @@ def run_pretraining(
             patch_size=config.patch_size,
             num_frequency_patches=config.num_frequency_patches,
             seed=training_args.seed,
+            features_on_device=args.features_on_device,
         )
         trainer = MaskedAudioModelingTrainer(
             model=model,

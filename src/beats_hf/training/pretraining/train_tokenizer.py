@@ -84,6 +84,11 @@ class DistillationArguments:
     audio_column: str = field(default="audio")
     streaming: bool = field(default=False, metadata={"help": "Read the data lazily (needs --max_steps)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N clips."})
+    shuffle_buffer: int = field(
+        default=0,
+        metadata={"help": "Streaming: shuffle the clips in blocks of N (tar shards: and the shard order every epoch), "
+                          "seeded by --seed. 0: stream order."},
+    )
     kmeans_iterations: int = field(default=10, metadata={"help": "k-means iterations of the codebook initialisation."})
     restart_dead_codes_after: int | None = field(
         default=None,
@@ -165,6 +170,7 @@ def run_tokenizer_training(
     audio_column: str = "audio",
     streaming: bool = False,
     max_train_samples: int | None = None,
+    shuffle_buffer: int = 0,
     kmeans_iterations: int = 10,
     restart_dead_codes_after: int | None = None,
     callbacks: list[TrainerCallback] | None = None,
@@ -180,6 +186,8 @@ def run_tokenizer_training(
         "max_train_samples": max_train_samples, "kmeans_iterations": kmeans_iterations,
         "restart_dead_codes_after": restart_dead_codes_after, **training_settings(training_args),
     }
+    if shuffle_buffer:  # recorded only when used, so that runs recorded before the option still resume
+        settings["shuffle_buffer"] = shuffle_buffer
 
     def build(start) -> TrainingJob:
         teacher_model = load_teacher(teacher)  # first: a missing teacher should fail before any data is read
@@ -194,7 +202,7 @@ def run_tokenizer_training(
         )
         clips = training_clips(
             data, training_args, crop_seconds=crop_seconds, split=split, audio_column=audio_column,
-            streaming=streaming, max_train_samples=max_train_samples,
+            streaming=streaming, max_train_samples=max_train_samples, shuffle_buffer=shuffle_buffer,
         )
         feature_extractor = BeatsFeatureExtractor()
         trainer = TokenizationDistillationTrainer(
@@ -242,6 +250,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             audio_column=args.audio_column,
             streaming=args.streaming,
             max_train_samples=args.max_train_samples,
+            shuffle_buffer=args.shuffle_buffer,
             kmeans_iterations=args.kmeans_iterations,
             restart_dead_codes_after=args.restart_dead_codes_after,
             callbacks=callbacks,
