@@ -266,3 +266,100 @@ def test_streamed_pretraining_killed_and_resumed_gives_the_same_weights(shards, 
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == (
         tmp_path / "reference" / "model.safetensors"
     ).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Two processes: 1 node x 2 and 2 nodes x 1 (localhost, gloo), every stage of `beats-hf iterate`, a kill and a resume
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _iterate_launches(shards: Path, output: Path, nodes: int) -> list[list[str]]:
+    """The `accelerate launch` command of each node: 2 processes in all, as 1 node x 2 or 2 nodes x 1."""
+    iterate = ["-m", "beats_hf.cli", "iterate", "--data", str(shards), "--streaming", "--shuffle_buffer", "4",
+               "--output_dir", str(output), "--iterations", "2", "--model_preset", "tiny", "--crop_seconds", "0.6",
+               "--max_steps", "4", "--tokenizer_max_steps", "4", "--save_steps", "2", "--logging_steps", "1",
+               "--per_device_train_batch_size", "3", "--dataloader_num_workers", "0", "--use_cpu",
+               "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--num_machines", str(nodes)]
+    if nodes == 1:
+        return [launch + iterate]
+    port = str(_free_port())
+    return [launch + ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port]
+            + iterate for rank in range(nodes)]
+
+
+def _kill_processes_naming(text: str) -> None:
+    """SIGKILL every process whose command line contains `text` (read from /proc, as `pkill -f` would)."""
+    import signal
+
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if text.encode() in handle.read():
+                        os.kill(int(entry), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass  # gone already
+
+
+def _start(commands: list[list[str]]) -> list[subprocess.Popen]:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return [subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True) for command in commands]
+
+
+def _finish(processes: list[subprocess.Popen]) -> list[str]:
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def test_iterate_on_shards_two_nodes_killed_and_resumed_equals_one_node(shards, tmp_path):
+    import time
+
+    reference, resumed = tmp_path / "one_node", tmp_path / "two_nodes"
+    _finish(_start(_iterate_launches(shards, reference, nodes=1)))
+
+    # 2 nodes x 1 process, killed (every process of both nodes) once the second tokenizer has a checkpoint.
+    processes = _start(_iterate_launches(shards, resumed, nodes=2))
+    mark = resumed / "iteration_2" / "tokenizer.work" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not mark.exists() and time.time() < deadline and all(p.poll() is None for p in processes):
+        time.sleep(0.2)
+    assert mark.exists(), [p.communicate()[0][-2000:] for p in processes]
+    # The launchers and the workers they started (torchrun may put those in other process groups): every process
+    # whose command line names this output folder.
+    _kill_processes_naming(str(resumed))
+    for process in processes:
+        process.wait()
+    assert not (resumed / "iteration_2" / "ssl").exists()
+    outputs = _finish(_start(_iterate_launches(shards, resumed, nodes=2)))
+    # Finished stages are kept; the interrupted one resumes (or, killed just after its rename, is found finished).
+    assert "iteration 1/2: ssl already done" in outputs[0], outputs[0][-3000:]
+    resumed_stage = "resuming from iteration_2/tokenizer.work" in outputs[0] or "found finished" in outputs[0]
+    assert resumed_stage, outputs[0][-3000:]
+
+    # The same stages, bit for bit: the run is the same whatever the node layout and the kill.
+    for stage in ("iteration_1/ssl", "iteration_2/tokenizer", "iteration_2/ssl"):
+        assert (resumed / stage / "model.safetensors").read_bytes() == (
+            reference / stage / "model.safetensors"
+        ).read_bytes(), stage
+    stages = json.loads((resumed / "iterations.json").read_text())["stages"]
+    # Both processes ended with the same codebook (train-tokenizer compares their checksums), as in the reference.
+    reference_stages = json.loads((reference / "iterations.json").read_text())["stages"]
+    checksum = stages["iteration_2/tokenizer"]["metrics"]["codebook_sha256"]
+    assert checksum == reference_stages["iteration_2/tokenizer"]["metrics"]["codebook_sha256"]
+    # Each stage streamed over 2 readers (2 processes x no workers), its position kept in its checkpoints.
+    record = json.loads((resumed / "beats_hf_run.json").read_text())
+    assert record["status"] == "finished" and record["settings"]["streaming"] is True

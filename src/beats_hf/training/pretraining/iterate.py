@@ -19,9 +19,9 @@ A stage trains in `<stage>.work/` (its own run folder, with its `checkpoint-N/` 
 by an atomic rename, only when it has finished; the manifest is rewritten atomically after every stage. `OUT` is a
 `RunFolder` (`beats_hf.training.run_folder`, record `OUT/beats_hf_run.json`): running the same command again skips
 finished stages, resumes an interrupted one from its last complete checkpoint and never overwrites a finished folder;
-once every stage has finished it says that the run is complete and writes nothing. A rerun with settings that define the stages
-(`FIXED_SETTINGS` and the fixed training settings) changed is refused; `--iterations` may grow (the loop continues),
-`--max_steps`, `--tokenizer_max_steps` and `--teacher_max_steps` apply to the stages not finished yet, and
+once every stage has finished it says that the run is complete and writes nothing. A rerun with settings that define
+the stages (`FIXED_SETTINGS` and the fixed training settings) changed is refused; `--iterations` may grow (the loop
+continues), `--max_steps`, `--tokenizer_max_steps` and `--teacher_max_steps` apply to the stages not finished yet, and
 `--keep_checkpoints` may change. The work folders are deleted once their stage has finished unless `--keep_checkpoints`
 is given.
 """
@@ -63,6 +63,8 @@ MANIFEST = "iterations.json"
 # TrainingArguments (seed, learning rate, ...; `run_folder.training_settings`) are checked too.
 FIXED_SETTINGS = ("data", "model_preset", "crop_seconds", "mask_ratio", "teacher_finetuned_on", "split",
                   "audio_column", "max_train_samples", "tokenizer_restart_dead_codes_after")
+# Settings added later: recorded only when set, so that runs recorded before them still resume.
+LATER_SETTINGS = ("streaming", "shuffle_buffer", "features_on_device")
 
 
 @dataclass
@@ -89,6 +91,17 @@ class IterateArguments:
     split: str = field(default="train")
     audio_column: str = field(default="audio")
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N clips."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the data lazily (needs --max_steps; tar shards: exactly once per epoch over all "
+                          "processes and workers, resumed where the stream stood)."},
+    )
+    shuffle_buffer: int = field(
+        default=0, metadata={"help": "Streaming: shuffle the clips in blocks of N, seeded by --seed. 0: stream order."}
+    )
+    features_on_device: bool = field(
+        default=False, metadata={"help": "Pre-training stages: compute the fbank on the training device, batched."}
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep each stage's work folder once it is done."})
 
 
@@ -141,6 +154,7 @@ class IterativePretraining:
 
     def settings(self) -> dict:
         settings = {name: getattr(self.args, name) for name in FIXED_SETTINGS}
+        settings.update({name: getattr(self.args, name) for name in LATER_SETTINGS if getattr(self.args, name)})
         settings["data"] = path_setting(self.args.data)
         settings["teacher_finetuned_on"] = path_setting(self.args.teacher_finetuned_on)
         return {**settings, **training_settings(self.training_args)}
@@ -195,6 +209,9 @@ class IterativePretraining:
             split=self.args.split,
             audio_column=self.args.audio_column,
             max_train_samples=self.args.max_train_samples,
+            streaming=self.args.streaming,
+            shuffle_buffer=self.args.shuffle_buffer,
+            features_on_device=self.args.features_on_device,
         )
         metrics = run_pretraining(args, self.stage_training_args(stage, work_dir, None))
         self._copy_final_files(work_dir, final_dir)
@@ -216,6 +233,8 @@ class IterativePretraining:
             split=self.args.split,
             audio_column=self.args.audio_column,
             max_train_samples=self.args.max_train_samples,
+            streaming=self.args.streaming,
+            shuffle_buffer=self.args.shuffle_buffer,
             restart_dead_codes_after=self.args.tokenizer_restart_dead_codes_after,
         )
         self._copy_final_files(work_dir, final_dir)
