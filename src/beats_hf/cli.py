@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "pretrain": ("beats_hf.pretraining.pretrain", "masked audio modeling with a frozen tokenizer"),
     "iterate": ("beats_hf.pretraining.iterate", "the iterative BEATs pre-training loop, iteration 1 to K"),
     "embed": ("beats_hf.embed", "clip and frame embeddings for a folder or dataset"),
+    "evaluate": ("beats_hf.evaluation.evaluate", "frozen-encoder benchmark: probes of every layer of several models"),
 }
 TRACEBACK_FLAG, TRACEBACK_VARIABLE = "--traceback", "BEATS_HF_TRACEBACK"
 
