@@ -208,3 +208,23 @@ def test_bad_inputs_are_clear_errors(corpus, tmp_path):
     with pytest.raises(ValueError, match="'random:' must be followed"):
         evaluate_encoders(["random:"], data, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # every check runs before any embedding
+
+
+def test_multi_label_saved_dataset_with_a_group_column(corpus, tmp_path):
+    """Tags as lists of label indices, groups from a metadata column, a `save_to_disk` dataset; metric mAP."""
+    import datasets
+
+    def split(name: str) -> datasets.Dataset:
+        files = sorted((corpus / "audio" / name).rglob("*.wav"))
+        tags = [[0, 2] if file.parent.name == "low" else [1] for file in files]  # tag 2 marks the low tones too
+        programs = [file.name.split("_")[1] for file in files]
+        return datasets.Dataset.from_dict({"audio": [str(file) for file in files], "tags": tags, "program": programs})
+
+    datasets.DatasetDict({"train": split("train"), "test": split("test")}).save_to_disk(tmp_path / "saved")
+    results = evaluate_encoders(["logmel"], str(tmp_path / "saved"), tmp_path / "out", probes=["linear", "knn"],
+                                poolings=["mean"], multi_label=True, label_column="tags", group_column="program",
+                                bootstrap_draws=100, plots=False)
+    assert results["metric"] == "mAP" and results["settings"]["num_classes"] == 3
+    assert results["data"]["test_groups"] == 4 and results["data"]["validation_groups"] == 2
+    assert all(row["test"] > 0.9 for row in results["results"])
+    assert "| validation mAP | test mAP |" in (tmp_path / "out" / "report.md").read_text()

@@ -55,12 +55,17 @@ def _column(dataset, name: str, what: str) -> list:
 
 
 def _file_names(dataset, audio_column: str) -> list[str]:
-    """The audio file name of every row, read from the Arrow column (no audio bytes decoded)."""
-    if dataset._indices is None:
-        paths = dataset.data.column(audio_column).combine_chunks().field("path").to_pylist()
+    """The audio file name of every row, read from the Arrow column where it can be (no audio bytes decoded)."""
+    import pyarrow as pa
+
+    column = dataset.data.column(audio_column) if dataset._indices is None else None
+    if column is not None and pa.types.is_struct(column.type):
+        paths = column.combine_chunks().field("path").to_pylist()
+    elif column is not None and pa.types.is_string(column.type):
+        paths = column.to_pylist()
     else:
-        paths = [value.get("path") if isinstance(value, dict) else None for value in dataset[audio_column]]
-    return [os.path.basename(path or "") for path in paths]
+        paths = [value.get("path") if isinstance(value, dict) else value for value in dataset[audio_column]]
+    return [os.path.basename(path) if isinstance(path, str) else "" for path in paths]
 
 
 def clip_groups(dataset, audio_column: str, group_column: str | None, group_pattern: str | None,
@@ -273,7 +278,8 @@ def evaluate_encoders(
     in_validation = group_validation_split(train_groups, validation_fraction, seed, single_labels)
     fit_rows, validation_rows = train_rows[~in_validation], train_rows[in_validation]
     test_group_names = sorted(set(groups[test_split][row] for row in test_rows))
-    test_group_ids = torch.tensor([test_group_names.index(groups[test_split][row]) for row in test_rows])
+    group_index = {name: index for index, name in enumerate(test_group_names)}
+    test_group_ids = torch.tensor([group_index[groups[test_split][row]] for row in test_rows])
     draws = bootstrap_weights(test_group_ids, bootstrap_draws, seed)
 
     jobs = [(spec, probe, pooling) for spec in models for probe in probes
