@@ -167,7 +167,7 @@ def test_command_end_to_end(corpus, first_run):
     assert logmel["test"] == 1.0
     assert len(results["differences"]) == 3 * 7 and {row["model_a"] for row in results["differences"]} >= {model}
     report = (first_run / "report.md").read_text()
-    assert "| best layer | validation accuracy | test accuracy | 95 % interval |" in report
+    assert "| validation accuracy | test accuracy | 95 % interval |" in report
     assert "random:" in report and "Differences between models" in report
     for name in results.get("plots", []):
         assert (first_run / name).stat().st_size > 0

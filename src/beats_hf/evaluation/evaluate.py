@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..audio_data import load_audio_dataset
 from ..configuration_beats import CLASSIFIER_POOLINGS
 from .embeddings import check_model_spec, data_key, embed_split, load_encoder
-from .probes import PROBES, Task, fit_attentive, fit_knn, fit_linear, fit_mlp, task_scores
+from .probes import CHOSEN, PROBES, Task, fit_attentive, fit_knn, fit_linear, fit_mlp, probe_settings, task_scores
 from .report import (
     bootstrap_weights,
     percentile_interval,
@@ -299,7 +299,7 @@ def evaluate_encoders(
         rows.append({
             "model": spec, "probe": probe, "pooling": pooling, "best_layer": best,
             "validation": float(result.validation[best]), "test": float(test_scores[best]),
-            "test_interval": percentile_interval(scores), "choice": result.choice[best],
+            "test_interval": percentile_interval(scores), "chosen": CHOSEN[probe], "choice": result.choice[best],
             "layers": [{"layer": layer, "validation": float(result.validation[layer]),
                         "test": float(test_scores[layer]), "choice": result.choice[layer]}
                        for layer in range(len(result.choice))],
@@ -325,7 +325,7 @@ def evaluate_encoders(
                      "multi_label": multi_label, "label_column": label_column, "group_column": group_column,
                      "group_pattern": group_pattern, "train_split": train_split, "test_split": test_split,
                      "validation_fraction": validation_fraction, "bootstrap_draws": bootstrap_draws, "seed": seed,
-                     "num_classes": task.num_classes},
+                     "num_classes": task.num_classes, "probe_settings": probe_settings()},
         "data": {"fit_clips": len(fit_rows), "validation_clips": len(validation_rows), "test_clips": len(test_rows),
                  "fit_groups": len({groups[train_split][row] for row in fit_rows}),
                  "validation_groups": len({groups[train_split][row] for row in validation_rows}),

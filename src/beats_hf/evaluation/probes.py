@@ -36,8 +36,20 @@ MAX_EPOCHS = 50
 CHECK_EVERY = 5
 K_VALUES = (1, 5, 10, 20)
 PROBES = ("linear", "mlp", "attentive", "knn")
+CHOSEN = {"linear": "l2_penalty", "mlp": "epochs", "attentive": "epochs", "knn": "k"}  # chosen per layer on validation
+
+
+def probe_settings() -> dict:
+    """The fixed settings, as results.json records them."""
+    return {"linear": {"l2_penalties": list(PENALTIES), "lbfgs_iterations": LBFGS_ITERATIONS},
+            "mlp": {"hidden_units": MLP_HIDDEN, "learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY,
+                    "batch_size": BATCH_SIZE, "max_epochs": MAX_EPOCHS, "check_every": CHECK_EVERY},
+            "attentive": {"learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY, "batch_size": BATCH_SIZE,
+                          "max_epochs": MAX_EPOCHS, "check_every": CHECK_EVERY},
+            "knn": {"k": list(K_VALUES), "similarity": "cosine of standardised features"}}
 
 __all__ = [
+    "CHOSEN",
     "PROBES",
     "ProbeResult",
     "Task",
@@ -47,6 +59,7 @@ __all__ = [
     "fit_linear",
     "fit_mlp",
     "mean_average_precision",
+    "probe_settings",
     "task_scores",
 ]
 

@@ -66,12 +66,14 @@ def write_report(results: dict, path: Path) -> None:
         "validation; each test score is computed once. Intervals: 95 %, "
         f"{results['settings']['bootstrap_draws']} draws of test groups.", "",
         "Models: " + ", ".join(f"`{spec}`" for spec in results["settings"]["models"]) + ".", "",
-        f"| model | probe | pooling | best layer | validation {metric} | test {metric} | 95 % interval |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | probe | pooling | best layer | chosen there | validation {metric} | test {metric} "
+        "| 95 % interval |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["results"]:
         low, high = row["test_interval"]
         lines.append(f"| {short_name(row['model'])} | {row['probe']} | {row['pooling']} | {row['best_layer']} | "
+                     f"{row['chosen']} {row['choice']:g} | "
                      f"{_number(row['validation'])} | {_number(row['test'])} | {_number(low)} to {_number(high)} |")
     if results["differences"]:
         lines += ["", "## Differences between models (best layers, test)", "",
