@@ -135,6 +135,8 @@ def _targets(train_labels: list, test_labels: list, multi_label: bool, num_class
     if all(isinstance(value, (int, np.integer)) for value in train_labels + test_labels):
         num_classes = num_classes or int(max(train_labels + test_labels)) + 1
         return Task(num_classes), torch.tensor(train_labels), torch.tensor(test_labels)
+    if any(isinstance(value, (float, np.floating)) for value in train_labels + test_labels):
+        raise ValueError("The labels are numbers that are not class indices: evaluate probes classification only.")
     names = sorted({str(value) for value in train_labels})
     unseen = sorted({str(value) for value in test_labels} - set(names))
     if unseen:

@@ -160,7 +160,8 @@ def _standardiser(fit: torch.Tensor, mask: torch.Tensor | None = None):
 
 
 def _row_mask(row_counts: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.arange(rows)[None, :] < row_counts[:, None]
+    # A clip without a whole row keeps its first (partial) one: attention needs at least one key.
+    return torch.arange(rows)[None, :] < row_counts.clamp(min=1)[:, None]
 
 
 def _choose(validation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

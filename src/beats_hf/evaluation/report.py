@@ -121,7 +121,7 @@ def plot_layers(results: dict, path: Path) -> bool:
             if len(tests) == 1:  # a one-"layer" baseline: a level line across the depth
                 axis.axhline(tests[0], color=colours[row["model"]], linestyle=":", label=label)
                 continue
-            axis.plot(range(len(tests)), tests, styles.get(row["pooling"], "-"), color=colours[row["model"]],
+            axis.plot(range(len(tests)), tests, linestyle=styles.get(row["pooling"], "-"), color=colours[row["model"]],
                       marker="o", markersize=3, label=label)
             axis.plot(row["best_layer"], row["test"], "*", color=colours[row["model"]], markersize=12)
         axis.set_title(probe)
