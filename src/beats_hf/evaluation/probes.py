@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PENALTIES = (1e-1, 1e-2, 1e-3, 1e-4)  # strongest first: ties on validation go to the stronger penalty
+PENALTIES = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)  # strongest first: ties on validation go to the stronger penalty
 LBFGS_ITERATIONS = 100
 MLP_HIDDEN = 256
 LEARNING_RATE = 3e-3
