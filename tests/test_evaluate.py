@@ -134,6 +134,7 @@ def corpus(tmp_path_factory):
                     tone = np.sin(2 * np.pi * base * (1 + 0.05 * program) * seconds)
                     write_wav(folder / f"{family}_p{first_program + program}_{index}.wav",
                               0.3 * tone + 0.05 * rng.standard_normal(len(seconds)))
+    (root / "audio" / "train" / "low" / "low_p0_9.wav").write_bytes(b"not audio")  # skipped for every model
     torch.manual_seed(1)  # not seed 0: the weights of random:model must differ from the model's
     BeatsModel(BeatsConfig(**TINY)).save_pretrained(root / "model")
     BeatsFeatureExtractor().save_pretrained(root / "model")
@@ -156,6 +157,7 @@ def test_command_end_to_end(corpus, first_run):
     assert results["metric"] == "accuracy"
     assert results["data"]["test_groups"] == 4 and results["data"]["validation_groups"] == 2  # one program per class
     assert results["data"]["fit_clips"] + results["data"]["validation_clips"] == 24
+    assert results["data"]["unreadable"] == {"train": 1, "test": 0}
     combinations = {(row["model"], row["probe"], row["pooling"]) for row in results["results"]}
     assert len(combinations) == 3 * (3 * 2 + 1)  # 3 models x (linear, mlp, knn x 2 poolings + attentive on rows)
     for row in results["results"]:
