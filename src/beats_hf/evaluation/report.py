@@ -84,7 +84,17 @@ def write_report(results: dict, path: Path) -> None:
                          f"{short_name(row['model_a'])} (layer {row['layer_a']}) | "
                          f"{short_name(row['model_b'])} (layer {row['layer_b']}) | {row['difference']:+.3f} | "
                          f"{low:+.3f} to {high:+.3f} |")
-    lines += ["", "Per-layer validation and test scores and the chosen hyper-parameters: `results.json`.", ""]
+    deepest = max(len(row["layers"]) for row in results["results"])
+    lines += ["", f"## Every layer: test {metric} (validation)", "",
+              "| probe | pooling | model | " + " | ".join(f"layer {layer}" for layer in range(deepest)) + " |",
+              "|---|---|---|" + "---|" * deepest]
+    order = list(dict.fromkeys((row["probe"], row["pooling"]) for row in results["results"]))
+    for row in sorted(results["results"], key=lambda row: order.index((row["probe"], row["pooling"]))):
+        cells = [f"{_number(layer['test'])} ({_number(layer['validation'])})" for layer in row["layers"]]
+        cells[row["best_layer"]] = f"**{cells[row['best_layer']]}**"
+        lines.append(f"| {row['probe']} | {row['pooling']} | {short_name(row['model'])} | "
+                     + " | ".join(cells + [""] * (deepest - len(cells))) + " |")
+    lines += ["", "Bold: the layer chosen on validation. The chosen hyper-parameters per layer: `results.json`.", ""]
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_text("\n".join(lines))
     os.replace(temporary, path)
