@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "iterate": ("beats_hf.training.pretraining.iterate", "the iterative BEATs pre-training loop, iteration 1 to K"),
     "embed": ("beats_hf.embed", "clip and frame embeddings for a folder or dataset"),
     "pack-shards": ("beats_hf.pack_shards", "pack audio into tar shards for streamed training"),
+    "evaluate": ("beats_hf.evaluation.evaluate", "frozen-encoder benchmark: probes of every layer of several models"),
 }
 TRACEBACK_FLAG, TRACEBACK_VARIABLE = "--traceback", "BEATS_HF_TRACEBACK"
 
