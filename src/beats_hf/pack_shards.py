@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic_files import atomic_write_json
 from .audio_data import SAMPLING_RATE, _open_source, decode_audio, load_audio_dataset
 from .audio_shards import SHARD_MANIFEST
 from .sources import is_local_path
@@ -34,15 +35,6 @@ from .sources import is_local_path
 FORMATS = ("flac", "wav", "mp3", "keep")
 PROGRESS_NAME = ".pack_progress.json"
 _TAR_BLOCK = 512
-
-
-def _atomic_json(path: str, payload: Any) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def encode_clip(waveform: np.ndarray, audio_format: str, sampling_rate: int = SAMPLING_RATE) -> bytes:
@@ -152,7 +144,7 @@ def pack_shards(
         written = _write_shard(output_dir, name, members)
         done["shards"].append({"name": name, "num_clips": len(members), "bytes": written, "first_example": first,
                                "num_examples": end - first, "skipped": skipped})
-        _atomic_json(progress_path, done)
+        atomic_write_json(progress_path, done)
         members, size, first, skipped = [], 0, end, 0
 
     bar = tqdm(range(start, len(dataset)), total=len(dataset), initial=start, desc="packing", unit="clip",
@@ -183,7 +175,7 @@ def pack_shards(
         "skipped_unreadable": sum(shard["skipped"] for shard in done["shards"]),
         "shards": shards,
     }
-    _atomic_json(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest)
     os.remove(progress_path)
     return manifest
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic_files import atomic_write_json
 from ..audio_data import load_audio_dataset
 from ..configuration_beats import CLASSIFIER_POOLINGS
 from .embeddings import check_model_spec, data_key, embed_split, load_encoder
@@ -34,7 +35,6 @@ from .report import (
     percentile_interval,
     plot_differences,
     plot_layers,
-    write_json_atomic,
     write_report,
 )
 
@@ -343,7 +343,7 @@ def evaluate_encoders(
                             if plot(results, output / name)]
     results["seconds"]["total"] = round(time.perf_counter() - started, 1)
     write_report(results, output / "report.md")
-    write_json_atomic(output / "results.json", results)
+    atomic_write_json(output / "results.json", results)
     print(f"wrote {output / 'report.md'} and {output / 'results.json'} ({results['seconds']['total']} s)")
     return results
 

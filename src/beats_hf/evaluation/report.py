@@ -8,14 +8,14 @@ split has, with replacement, and weights each clip by how often its group was dr
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 
+from ..atomic_files import atomic_write_text
+
 __all__ = ["bootstrap_weights", "percentile_interval", "plot_differences", "plot_layers", "short_name",
-           "write_json_atomic", "write_report"]
+           "write_report"]
 
 
 def bootstrap_weights(groups: torch.Tensor, draws: int = 1000, seed: int = 0) -> torch.Tensor:
@@ -35,13 +35,6 @@ def percentile_interval(values: torch.Tensor, level: float = 0.95) -> list[float
         return [float("nan"), float("nan")]
     tail = (1 - level) / 2
     return [float(values.quantile(tail)), float(values.quantile(1 - tail))]
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """JSON under a temporary name, then renamed: a killed run never leaves a half-written file under the name."""
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
-    os.replace(temporary, path)
 
 
 def short_name(spec: str) -> str:
@@ -95,9 +88,7 @@ def write_report(results: dict, path: Path) -> None:
         lines.append(f"| {row['probe']} | {row['pooling']} | {short_name(row['model'])} | "
                      + " | ".join(cells + [""] * (deepest - len(cells))) + " |")
     lines += ["", "Bold: the layer chosen on validation. The chosen hyper-parameters per layer: `results.json`.", ""]
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text("\n".join(lines))
-    os.replace(temporary, path)
+    atomic_write_text(path, "\n".join(lines))
 
 
 def _pyplot():

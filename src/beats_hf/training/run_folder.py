@@ -58,6 +58,8 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ..atomic_files import atomic_write_json
+
 RECORD_NAME = "beats_hf_run.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Files that say a folder already holds training output; without a record its settings are unknown.
@@ -76,17 +78,6 @@ class RunFolderError(ValueError):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_json(path: str | os.PathLike, payload, sort_keys: bool = False) -> None:
-    """Write JSON to `path` through a temporary file and `os.replace`: readers see the old file or the new one."""
-    path = os.fspath(path)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=sort_keys)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def setting_value(value):
