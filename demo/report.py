@@ -168,7 +168,23 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
     ]
     for title, file_name in plots:
         lines += [f"## {title}", "", f"![{title}]({file_name})", ""]
-    lines += ["## Pipeline on a few test clips", "", "| clip | true family | top predictions |", "|---|---|---|"]
+    lines += [
+        "## Frozen encoders, every layer (`beats-hf evaluate`)",
+        "",
+        "Probes of the frozen encoders of iteration 1 and 2, the same architecture untrained and the log-mel",
+        "statistics, each at the layer chosen on a validation split of whole training programs (test accuracy, 95 %",
+        "interval over resampled held-out programs). Every layer, the paired differences and the plots:",
+        "[../frozen_encoders/report.md](../frozen_encoders/report.md).",
+        "",
+        "| model | probe | layer | validation | test | interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, probes in results["frozen_encoder_probes"].items():
+        for probe, row in probes.items():
+            low, high = row["test_interval"]
+            lines.append(f"| {model} | {probe} | {row['best_layer']} | {row['validation']:.3f} | {row['test']:.3f} "
+                         f"| {low:.3f}..{high:.3f} |")
+    lines += ["", "## Pipeline on a few test clips", "", "| clip | true family | top predictions |", "|---|---|---|"]
     for example in results.get("pipeline_examples", []):
         top = ", ".join(f"{p['label']} ({p['score']:.2f})" for p in example["predictions"])
         lines.append(f"| {example['file']} | {example['true']} | {top} |")

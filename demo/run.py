@@ -11,6 +11,9 @@
    regression baseline on per-mel-bin statistics. Training runs in bf16 where the hardware has bf16 matrix units.
 4. Evaluate all on the held-out programs, classify a few test clips with `pipeline("audio-classification")`, and
    write a report folder (report.md, PNG plots, results.json).
+5. Probe every layer of the frozen encoders of iteration 1 and 2, the same architecture untrained and the log-mel
+   statistics with `beats-hf evaluate` (linear, MLP, attentive and kNN probes; choices on a validation split of whole
+   training programs): `frozen_encoders/report.md`, summarised in the demo's report.
 
 `DEMO_FAST=1` runs a reduced version (under a minute on an idle machine) for CI.
 """
@@ -49,6 +52,8 @@ class DemoSettings:
     # The classifiers see per-frequency-band statistics (`BeatsConfig.classifier_pooling`), as the log-mel baseline sees
     # per-mel-bin ones: the official mean over all patches mixes the bands and lost the pre-trained encoder's lead.
     classifier_pooling: str = "frequency_bands"
+    # The frozen-encoder comparison of every layer (`beats-hf evaluate`): which probes it fits.
+    evaluate_probes: tuple[str, ...] = ("linear", "mlp", "attentive", "knn")
 
 
 FULL = DemoSettings(
@@ -203,6 +208,19 @@ def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[d
     ]
 
 
+def frozen_encoder_summary(results: dict) -> dict:
+    """Per model and probe/pooling, the layer chosen on validation, its validation and test accuracy and the test
+    interval over resampled held-out programs; every layer's scores are in frozen_encoders/report.md."""
+    from beats_hf.evaluation.report import short_name
+
+    summary = {}
+    for row in results["results"]:
+        summary.setdefault(short_name(row["model"]), {})[f"{row['probe']}/{row['pooling']}"] = {
+            key: row[key] for key in ("best_layer", "validation", "test", "test_interval")
+        }
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="demo_output")
@@ -224,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     corpus_dir = output / "corpus"
-    corpus = stage("1/5 building the corpus", build_corpus, settings, corpus_dir)
+    corpus = stage("1/6 building the corpus", build_corpus, settings, corpus_dir)
     labelled, unlabelled = corpus_dir / "labelled", corpus_dir / "unlabelled"
-    stage("2/5 iterative pre-training (2 iterations)", run_iterate, settings, unlabelled, output / "pretraining")
+    stage("2/6 iterative pre-training (2 iterations)", run_iterate, settings, unlabelled, output / "pretraining")
     ssl_dir = output / "pretraining" / "iteration_2" / "ssl"
-    pretrained = stage("3/5 linear probe + fine-tuning of the pre-trained model", fine_tune, settings, ssl_dir,
+    pretrained = stage("3/6 linear probe + fine-tuning of the pre-trained model", fine_tune, settings, ssl_dir,
                        labelled, output / "finetuned_pretrained", False)
-    scratch = stage("4/5 linear probe + fine-tuning from random initialisation", fine_tune, settings, ssl_dir,
+    scratch = stage("4/6 linear probe + fine-tuning from random initialisation", fine_tune, settings, ssl_dir,
                     labelled, output / "finetuned_random_init", True)
 
     def baseline():
@@ -240,7 +258,17 @@ def main(argv: list[str] | None = None) -> int:
         test_waves, test_labels = waveforms_and_labels(labelled, "test")
         return logmel_baseline(train_waves, train_labels, test_waves, test_labels, num_classes=max(train_labels) + 1)
 
-    logmel = stage("5/5 log-mel + logistic regression baseline", baseline)
+    logmel = stage("5/6 log-mel + logistic regression baseline", baseline)
+
+    def frozen_encoders():
+        from beats_hf.evaluation import evaluate_encoders
+
+        iterations = output / "pretraining"
+        models = [str(iterations / "iteration_1" / "ssl"), str(ssl_dir), f"random:{ssl_dir}", "logmel"]
+        return evaluate_encoders(models=models, data=str(labelled), output_dir=output / "frozen_encoders",
+                                 probes=settings.evaluate_probes, group_pattern=r"_p(\d+)_", seed=settings.seed)
+
+    frozen = stage("6/6 frozen-encoder probes of every layer (beats-hf evaluate)", frozen_encoders)
 
     actual, predicted, names = predictions_of(output / "finetuned_pretrained", labelled)
     _, predicted_random, _ = predictions_of(output / "finetuned_random_init", labelled)
@@ -271,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**asdict(settings), "fast": args.fast,
                      "pretraining_precision_flags": precision_flags(), "finetuning_bf16": bf16_is_fast(on_cpu=True)},
         "corpus": {key: value for key, value in corpus.items() if key in ("counts", "soundfont", "programs")},
+        "frozen_encoder_probes": frozen_encoder_summary(frozen),
         "timings_seconds": {**timings, "total": round(time.time() - started, 1)},
         "pipeline_examples": examples,
     }
