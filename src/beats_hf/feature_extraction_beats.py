@@ -409,13 +409,19 @@ class BeatsFeatureExtractor(SequenceFeatureExtractor):
             hop_length=self.hop_length,
         )
         features = (features - self.fbank_mean) / (2 * self.fbank_std)
-        lengths = lengths.to(device=features.device, dtype=torch.long)
+        attention_mask = self.frame_mask(lengths.to(features.device), features.shape[1])
+        features = features.masked_fill(~attention_mask[..., None].bool(), self.padding_value)
+        return features, attention_mask
+
+    def frame_mask(self, lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """int32 `(batch_size, num_frames)`: 1 for the Kaldi frames that lie inside each clip of `lengths` samples
+        (`1 + (n - frame_length) // hop_length` of them, none for a clip shorter than one window), 0 for padding."""
+        lengths = lengths.to(torch.long)
         valid_frames = torch.where(
             lengths >= self.frame_length, 1 + (lengths - self.frame_length) // self.hop_length, 0
         )
-        attention_mask = torch.arange(features.shape[1], device=features.device)[None, :] < valid_frames[:, None]
-        features = features.masked_fill(~attention_mask[..., None], self.padding_value)
-        return features, attention_mask.to(torch.int32)
+        frames = torch.arange(num_frames, device=lengths.device)
+        return (frames[None, :] < valid_frames[:, None]).to(torch.int32)
 
     def _to_clips(self, raw_speech) -> list[torch.Tensor]:
         """Validate the input structure and dtypes; one 1-D float tensor per clip (numpy shares memory)."""

@@ -119,7 +119,10 @@ def run_training(
         metrics.update(train_or_restore(trainer, start.checkpoint, run.length))
         metrics.update(last_logged(trainer.state.log_history, job.logged))
         metrics["train_wall_seconds"] = round(time.time() - started, 1)
-        job.save() if job.save else trainer.save_model()
+        if job.save is not None:
+            job.save()
+        else:
+            trainer.save_model()
         trainer.save_state()
     if job.finish:
         metrics.update(job.finish(metrics))

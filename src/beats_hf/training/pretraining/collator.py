@@ -79,13 +79,11 @@ class MaskedAudioModelingCollator:
             waveforms[row, : lengths[row]] = torch.as_tensor(np.asarray(item["waveform"], dtype=np.float32))
         self.feature_extractor._check_values(waveforms)
         lengths = torch.tensor(lengths, dtype=torch.long)
-        frame_length, hop_length = self.feature_extractor.frame_length, self.feature_extractor.hop_length
-        frames = 1 + (waveforms.shape[1] - frame_length) // hop_length
-        valid_frames = 1 + (lengths - frame_length) // hop_length
+        num_frames = self.feature_extractor.num_frames(waveforms.shape[1])
         batch = {
             "input_values": waveforms,
             "lengths": lengths,
-            "attention_mask": (torch.arange(frames)[None, :] < valid_frames[:, None]).to(torch.int32),
+            "attention_mask": self.feature_extractor.frame_mask(lengths, num_frames),
         }
         if "index" in items[0]:
             batch["index"] = torch.tensor([int(item["index"]) for item in items], dtype=torch.long)

@@ -152,6 +152,8 @@ class MaskedAudioModelingTrainer(ShardStreamTrainerMixin, Trainer):
                 f"{num_codes} (config.num_target_codes): they must match."
             )
         self.acoustic_tokenizer = acoustic_tokenizer.to(self.args.device).eval().requires_grad_(False)
+        # The collator's patch validity goes to the tokenizers that take it (ours do; another AutoModel may not).
+        self._tokenizer_takes_patch_mask = "patch_mask" in inspect.signature(acoustic_tokenizer.forward).parameters
         # [correct, counted, target histogram (K), prediction histogram (K)], summed between two logs.
         self._metric_sums = torch.zeros(2 + 2 * num_codes, device=self.args.device)
 
@@ -171,8 +173,7 @@ class MaskedAudioModelingTrainer(ShardStreamTrainerMixin, Trainer):
         return token_ids
 
     def _patch_mask_argument(self, inputs: dict[str, torch.Tensor]) -> dict:
-        # The collator's patch validity, for the tokenizers that take it (ours do; another AutoModel may not).
-        if "patch_mask" in inputs and "patch_mask" in inspect.signature(self.acoustic_tokenizer.forward).parameters:
+        if "patch_mask" in inputs and self._tokenizer_takes_patch_mask:
             return {"patch_mask": inputs["patch_mask"]}
         return {}
 
