@@ -1,39 +1,46 @@
 """A deterministic corpus of real recorded instrument sound, rendered offline from a General MIDI soundfont.
 
 Task: instrument-family classification on instruments never seen in training. The 10 families are the General MIDI
-program groups (8 programs each); per family, programs 2 and 6 of the group are held out for the test split and the
-other 6 make up the train split, so train and test programs are disjoint:
+program groups (8 programs each); per family, programs 2 and 6 of the group are held out for the test split, program 4
+for the validation split, and the other 5 make up the train split, so train, validation and test programs are
+disjoint:
 
-==================== ======== ========================================= ==========================================
-family               programs train programs                            test programs (held out)
-==================== ======== ========================================= ==========================================
-piano                0-7      0, 1, 3, 4, 5, 7                          2 electric grand, 6 harpsichord
-chromatic_percussion 8-15     8, 9, 11, 12, 13, 15                      10 music box, 14 tubular bells
-organ                16-23    16, 17, 19, 20, 21, 23                    18 rock organ, 22 harmonica
-guitar               24-31    24, 25, 27, 28, 29, 31                    26 jazz guitar, 30 distortion guitar
-bass                 32-39    32, 33, 35, 36, 37, 39                    34 picked bass, 38 synth bass 1
-strings              40-47    40, 41, 43, 44, 45, 47                    42 cello, 46 harp
-ensemble             48-55    48, 49, 51, 52, 53, 55                    50 synth strings 1, 54 synth voice
-brass                56-63    56, 57, 59, 60, 61, 63                    58 tuba, 62 synth brass 1
-reed                 64-71    64, 65, 67, 68, 69, 71                    66 tenor sax, 70 bassoon
-pipe                 72-79    72, 73, 75, 76, 77, 79                    74 recorder, 78 whistle
-==================== ======== ========================================= ==========================================
+==================== ======== ===================== ======================= ==========================================
+family               programs train programs        validation program      test programs (held out)
+==================== ======== ===================== ======================= ==========================================
+piano                0-7      0, 1, 3, 5, 7         4 electric piano 1      2 electric grand, 6 harpsichord
+chromatic_percussion 8-15     8, 9, 11, 13, 15      12 marimba              10 music box, 14 tubular bells
+organ                16-23    16, 17, 19, 21, 23    20 reed organ           18 rock organ, 22 harmonica
+guitar               24-31    24, 25, 27, 29, 31    28 muted guitar         26 jazz guitar, 30 distortion guitar
+bass                 32-39    32, 33, 35, 37, 39    36 slap bass 1          34 picked bass, 38 synth bass 1
+strings              40-47    40, 41, 43, 45, 47    44 tremolo strings      42 cello, 46 harp
+ensemble             48-55    48, 49, 51, 53, 55    52 choir aahs           50 synth strings 1, 54 synth voice
+brass                56-63    56, 57, 59, 61, 63    60 french horn          58 tuba, 62 synth brass 1
+reed                 64-71    64, 65, 67, 69, 71    68 oboe                 66 tenor sax, 70 bassoon
+pipe                 72-79    72, 73, 75, 77, 79    76 blown bottle         74 recorder, 78 whistle
+==================== ======== ===================== ======================= ==========================================
+
+The validation programs exist so that every choice (a layer, a probe setting, a pre-training recipe) can be made
+without looking at the test programs, which are scored once per finished recipe.
 
 Every clip is one program playing a short random melody or chord sequence (a random key, scale, tempo, articulation
 and loudness; pitches in a range that suits the family, narrower for a few instruments such as the contrabass or
 the tuba), 2.0 s of 16 kHz mono PCM16, normalised to -20 dBFS RMS so that level is no cue (peaks are limited to
 0.95, so ~5 % of the clips, mostly percussive, end up a little quieter). Layout of `output_dir`::
 
-    labelled/train/<family>/<family>_p<program>_<index>.wav   # `load_dataset("audiofolder", data_dir=...labelled)`
-    labelled/test/<family>/<family>_p<program>_<index>.wav    #  gives train/test splits with a `label` ClassLabel
-    unlabelled/clip_<index>_p<program>.wav                    # pre-training pool: the 60 TRAIN programs + 80-103
+    labelled/train/<family>/<family>_p<program>_<index>.wav       # `load_dataset("audiofolder", data_dir=...)` gives
+    labelled/validation/<family>/<family>_p<program>_<index>.wav  #  train/validation/test splits with a `label`
+    labelled/test/<family>/<family>_p<program>_<index>.wav        #  ClassLabel
+    unlabelled/clip_<index>_p<program>.wav                        # pre-training pool: 50 TRAIN programs + 80-103
     corpus.json                                               # settings, counts, soundfont + sha256, programs
 
-The unlabelled pool cycles through the 60 train programs and the 24 synth lead/pad/effect programs (80-103); it
-never contains a held-out test program.
+The unlabelled pool cycles through the 50 train programs and the 24 synth lead/pad/effect programs (80-103); it
+never contains a validation or test program.
 
-Defaults: 25 clips per train program (1,500 train clips), 20 per test program (400 test clips) and 3,000 unlabelled
-clips: 4,900 clips, 2.7 h of audio, ~310 MB of wav. On 2 CPU cores with FluidR3 GM this builds in 20-30 s.
+Defaults: 25 clips per train program (1,250 train clips), 20 per validation program (200 clips), 20 per test program
+(400 clips) and 3,000 unlabelled clips: 4,850 clips, 2.7 h of audio, ~310 MB of wav. On 2 CPU cores with FluidR3 GM
+this builds in 20-30 s. Any General MIDI soundfont renders the same task (`--soundfont`): the demo's held-out task
+suite renders it a second time from TimGM6mb, whose samples are not FluidR3's.
 
 Rendering: a tiny Standard MIDI File writer (below) puts up to `CLIPS_PER_RENDER` clips one after another in one
 file (2.5 s apart, with an all-sound-off between them), and one `fluidsynth` fast-render call renders the whole
@@ -81,9 +88,10 @@ MAX_PEAK = 0.95
 SILENT_RMS = 1e-4
 MAX_ATTEMPTS = 5
 # Bump whenever the generated audio changes, so that an old corpus is not reused.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: a validation program per family
 
 DEFAULT_CLIPS_PER_TRAIN_PROGRAM = 25
+DEFAULT_CLIPS_PER_VALIDATION_PROGRAM = 20
 DEFAULT_CLIPS_PER_TEST_PROGRAM = 20
 DEFAULT_UNLABELLED_CLIPS = 3000
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -93,8 +101,11 @@ FAMILIES = (
     "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed", "pipe",
 )
 HELD_OUT_OFFSETS = (2, 6)  # positions inside each 8-program group that form the test split
+VALIDATION_OFFSETS = (4,)  # ... and the validation split
 SYNTH_PROGRAMS = tuple(range(80, 104))  # synth lead / pad / effects: unlabelled pool only
-TRAIN_PROGRAMS = {f: tuple(8 * i + k for k in range(8) if k not in HELD_OUT_OFFSETS) for i, f in enumerate(FAMILIES)}
+TRAIN_PROGRAMS = {f: tuple(8 * i + k for k in range(8) if k not in HELD_OUT_OFFSETS + VALIDATION_OFFSETS)
+                  for i, f in enumerate(FAMILIES)}
+VALIDATION_PROGRAMS = {f: tuple(8 * i + k for k in VALIDATION_OFFSETS) for i, f in enumerate(FAMILIES)}
 TEST_PROGRAMS = {f: tuple(8 * i + k for k in HELD_OUT_OFFSETS) for i, f in enumerate(FAMILIES)}
 
 # MIDI note ranges (inclusive) where every program of the family sounds natural.
@@ -116,7 +127,7 @@ CHORD_PROBABILITY = {
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR = (0, 2, 3, 5, 7, 8, 10)
 NOTE_LENGTHS = (0.5, 1.0, 1.0, 1.5, 2.0)  # in beats
-SPLIT_CODES = {"train": 0, "test": 1, "unlabelled": 2}
+SPLIT_CODES = {"train": 0, "test": 1, "unlabelled": 2, "validation": 3}
 
 GM_PROGRAM_NAMES = (
     "Acoustic Grand Piano", "Bright Acoustic Piano", "Electric Grand Piano", "Honky-tonk Piano", "Electric Piano 1",
@@ -142,7 +153,7 @@ GM_PROGRAM_NAMES = (
     "FX 6 (goblins)", "FX 7 (echoes)", "FX 8 (sci-fi)",
 )
 
-__all__ = ["FAMILIES", "TEST_PROGRAMS", "TRAIN_PROGRAMS", "build_corpus", "midi_file"]
+__all__ = ["FAMILIES", "TEST_PROGRAMS", "TRAIN_PROGRAMS", "VALIDATION_PROGRAMS", "build_corpus", "midi_file"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,9 +205,11 @@ class _Clip:
         return FAMILIES[self.program // 8] if self.program < 80 else "synth"
 
 
-def _plan(clips_per_train_program: int, clips_per_test_program: int, unlabelled_clips: int) -> list[_Clip]:
+def _plan(clips_per_train_program: int, clips_per_validation_program: int, clips_per_test_program: int,
+          unlabelled_clips: int) -> list[_Clip]:
     clips = []
     for split, per_program, programs in (("train", clips_per_train_program, TRAIN_PROGRAMS),
+                                         ("validation", clips_per_validation_program, VALIDATION_PROGRAMS),
                                          ("test", clips_per_test_program, TEST_PROGRAMS)):
         for family in FAMILIES:
             for program in programs[family]:
@@ -352,6 +365,7 @@ def build_corpus(
     output_dir: str | Path,
     soundfont: str | Path | None = None,
     clips_per_train_program: int = DEFAULT_CLIPS_PER_TRAIN_PROGRAM,
+    clips_per_validation_program: int = DEFAULT_CLIPS_PER_VALIDATION_PROGRAM,
     clips_per_test_program: int = DEFAULT_CLIPS_PER_TEST_PROGRAM,
     unlabelled_clips: int = DEFAULT_UNLABELLED_CLIPS,
     seed: int = 0,
@@ -364,6 +378,7 @@ def build_corpus(
     fluidsynth processes run at once; it does not change the output.
     """
     for name, value in (("clips_per_train_program", clips_per_train_program),
+                        ("clips_per_validation_program", clips_per_validation_program),
                         ("clips_per_test_program", clips_per_test_program), ("unlabelled_clips", unlabelled_clips)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -372,12 +387,13 @@ def build_corpus(
     _check_soundfont(soundfont)
     fluidsynth = _fluidsynth_command()
 
-    plan = _plan(clips_per_train_program, clips_per_test_program, unlabelled_clips)
+    plan = _plan(clips_per_train_program, clips_per_validation_program, clips_per_test_program, unlabelled_clips)
     manifest = {
         "settings": {
             "corpus_version": CORPUS_VERSION,
             "seed": seed,
             "clips_per_train_program": clips_per_train_program,
+            "clips_per_validation_program": clips_per_validation_program,
             "clips_per_test_program": clips_per_test_program,
             "unlabelled_clips": unlabelled_clips,
             "sampling_rate": SAMPLING_RATE,
@@ -391,6 +407,7 @@ def build_corpus(
         "families": list(FAMILIES),
         "programs": {
             "train": {family: list(TRAIN_PROGRAMS[family]) for family in FAMILIES},
+            "validation": {family: list(VALIDATION_PROGRAMS[family]) for family in FAMILIES},
             "test": {family: list(TEST_PROGRAMS[family]) for family in FAMILIES},
             "unlabelled": _unlabelled_programs() if unlabelled_clips else [],
         },
@@ -453,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--soundfont", default=None, help=f"a General MIDI .sf2 (default {DEFAULT_SOUNDFONT})")
     parser.add_argument("--clips_per_train_program", type=int, default=DEFAULT_CLIPS_PER_TRAIN_PROGRAM,
-                        help="x 60 train programs")
+                        help="x 50 train programs")
+    parser.add_argument("--clips_per_validation_program", type=int, default=DEFAULT_CLIPS_PER_VALIDATION_PROGRAM,
+                        help="x 10 validation programs")
     parser.add_argument("--clips_per_test_program", type=int, default=DEFAULT_CLIPS_PER_TEST_PROGRAM,
                         help="x 20 held-out test programs")
     parser.add_argument("--unlabelled_clips", type=int, default=DEFAULT_UNLABELLED_CLIPS)
@@ -464,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_corpus(
             args.output_dir, soundfont=args.soundfont, clips_per_train_program=args.clips_per_train_program,
+            clips_per_validation_program=args.clips_per_validation_program,
             clips_per_test_program=args.clips_per_test_program, unlabelled_clips=args.unlabelled_clips,
             seed=args.seed, progress=not args.no_progress, num_workers=args.num_workers,
         )

@@ -159,15 +159,22 @@ def test_command_end_to_end(corpus, first_run):
     assert results["data"]["fit_clips"] + results["data"]["validation_clips"] == 24
     assert results["data"]["unreadable"] == {"train": 1, "test": 0}
     combinations = {(row["model"], row["probe"], row["pooling"]) for row in results["results"]}
-    assert len(combinations) == 3 * (3 * 2 + 1)  # 3 models x (linear, mlp, knn x 2 poolings + attentive on rows)
+    # 3 models x (linear, mlp, knn x (2 poolings + the pooling chosen on validation) + attentive on rows)
+    assert len(combinations) == 3 * (3 * 3 + 1)
     for row in results["results"]:
+        if row["pooling"] == "chosen":
+            candidates = [other for other in results["results"] if (other["model"], other["probe"]) == (
+                row["model"], row["probe"]) and other["pooling"] in ("mean", "frequency_bands")]
+            assert row["validation"] == max(other["validation"] for other in candidates)
+            same = next(other for other in candidates if other["pooling"] == row["chosen_pooling"])
+            assert (row["test"], row["best_layer"]) == (same["test"], same["best_layer"])
         assert len(row["layers"]) == (1 if row["model"] == "logmel" else 3)
         low, high = row["test_interval"]
         assert low <= row["test"] <= high and row["validation"] == row["layers"][row["best_layer"]]["validation"]
     # the tones are easy: the log-mel statistics separate them
     logmel = next(row for row in results["results"] if row["model"] == "logmel" and row["probe"] == "linear")
     assert logmel["test"] == 1.0
-    assert len(results["differences"]) == 3 * 7 and {row["model_a"] for row in results["differences"]} >= {model}
+    assert len(results["differences"]) == 3 * 10 and {row["model_a"] for row in results["differences"]} >= {model}
     report = (first_run / "report.md").read_text()
     assert "| validation accuracy | test accuracy | 95 % interval |" in report
     assert "random:" in report and "Differences between models" in report
@@ -230,3 +237,32 @@ def test_multi_label_saved_dataset_with_a_group_column(corpus, tmp_path):
     assert results["data"]["test_groups"] == 4 and results["data"]["validation_groups"] == 2
     assert all(row["test"] > 0.9 for row in results["results"])
     assert "| validation mAP | test mAP |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_validation_split_of_its_own_and_validation_only_runs(corpus, tmp_path):
+    """Programs 0-1 fit, 2-3 validate (a split of their own), 4-5 test; without a test split nothing is scored on
+    test. A validation split that shares a group with training is refused."""
+    import shutil
+
+    for source in sorted((corpus / "audio").rglob("*_[0-2].wav")):
+        program = int(source.name.split("_p")[1].split("_")[0]) % 10
+        split = "test" if source.parent.parent.name == "test" else ("train" if program < 2 else "validation")
+        target = tmp_path / "data" / split / source.parent.name / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    data = str(tmp_path / "data")
+    common = dict(probes=["linear"], group_pattern=r"_p(\d+)_", bootstrap_draws=100, plots=False)
+    scored = evaluate_encoders(["logmel"], data, tmp_path / "scored", validation_split="validation", **common)
+    assert scored["data"] == {"fit_clips": 12, "validation_clips": 12, "test_clips": 12, "fit_groups": 4,
+                              "validation_groups": 4, "test_groups": 4, "unreadable": {"train": 0, "validation": 0,
+                                                                                       "test": 0}}
+    unscored = evaluate_encoders(["logmel"], data, tmp_path / "unscored", validation_split="validation",
+                                 test_split=None, **common)
+    assert unscored["data"]["test_clips"] == 0 and unscored["differences"] == []
+    for row, same in zip(unscored["results"], scored["results"], strict=True):
+        assert row["validation"] == same["validation"] and row["test"] != row["test"]  # NaN: no test score
+    assert "n/a" in (tmp_path / "unscored" / "report.md").read_text()
+    shutil.copyfile(next((tmp_path / "data" / "train" / "low").glob("*.wav")),
+                    tmp_path / "data" / "validation" / "low" / "low_p0_7.wav")  # a training program in validation
+    with pytest.raises(ValueError, match="The train and validation splits share group"):
+        evaluate_encoders(["logmel"], data, tmp_path / "mixed", validation_split="validation", **common)

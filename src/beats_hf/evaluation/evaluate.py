@@ -41,6 +41,7 @@ from .report import (
 __all__ = ["evaluate_encoders", "group_validation_split", "main"]
 
 ROWS = "rows"  # the attentive probe's input, reported as its pooling
+CHOSEN_POOLING = "chosen"  # with several poolings: per model and probe, the pooling (and layer) best on validation
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,8 +116,10 @@ def group_validation_split(groups: list[str], fraction: float = 0.2, seed: int =
     return np.array([group in chosen for group in groups])
 
 
-def _targets(train_labels: list, test_labels: list, multi_label: bool, num_classes: int | None) -> tuple:
-    """(task, train targets, test targets): class indices, or multi-hot rows for lists of label indices."""
+def _targets(train_labels: list, other_labels: list[list], multi_label: bool, num_classes: int | None) -> tuple:
+    """(task, train targets, [targets of each other split]): class indices, or multi-hot rows for lists of label
+    indices."""
+    test_labels = [value for labels in other_labels for value in labels]
     if multi_label:
         if not all(isinstance(value, (list, tuple)) for value in train_labels + test_labels):
             raise ValueError("--multi_label needs a label column of lists of label indices.")
@@ -129,21 +132,21 @@ def _targets(train_labels: list, test_labels: list, multi_label: bool, num_class
                 rows[row, list(value)] = 1.0
             return rows
 
-        return Task(num_classes, True), multi_hot(train_labels), multi_hot(test_labels)
+        return Task(num_classes, True), multi_hot(train_labels), [multi_hot(labels) for labels in other_labels]
     if any(isinstance(value, (list, tuple)) for value in train_labels + test_labels):
         raise ValueError("The label column holds lists: pass --multi_label for multi-label tagging.")
     if all(isinstance(value, (int, np.integer)) for value in train_labels + test_labels):
         num_classes = num_classes or int(max(train_labels + test_labels)) + 1
-        return Task(num_classes), torch.tensor(train_labels), torch.tensor(test_labels)
+        return Task(num_classes), torch.tensor(train_labels), [torch.tensor(labels) for labels in other_labels]
     if any(isinstance(value, (float, np.floating)) for value in train_labels + test_labels):
         raise ValueError("The labels are numbers that are not class indices: evaluate probes classification only.")
     names = sorted({str(value) for value in train_labels})
     unseen = sorted({str(value) for value in test_labels} - set(names))
     if unseen:
-        raise ValueError(f"Test labels never seen in training: {unseen[:5]}.")
+        raise ValueError(f"Validation or test labels never seen in training: {unseen[:5]}.")
     index = {name: position for position, name in enumerate(names)}
     return (Task(len(names)), torch.tensor([index[str(value)] for value in train_labels]),
-            torch.tensor([index[str(value)] for value in test_labels]))
+            [torch.tensor([index[str(value)] for value in labels], dtype=torch.long) for labels in other_labels])
 
 
 def _load_split(data: str, split: str, audio_column: str):
@@ -208,7 +211,8 @@ def evaluate_encoders(
     group_column: str | None = None,
     group_pattern: str | None = None,
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = "test",
+    validation_split: str | None = None,
     validation_fraction: float = 0.2,
     batch_size: int = 16,
     device: str | None = None,
@@ -222,7 +226,9 @@ def evaluate_encoders(
     `models`: beats_hf folders or Hub ids, `random:M` (M's architecture, untrained, seed 0) or `logmel`. `data`: an
     audio folder, saved dataset or Hub dataset with `train_split` and `test_split`. Groups (for the validation split
     and the test intervals) come from `group_column`, or `group_pattern`'s first capture group in the file name, else
-    each clip is its own group."""
+    each clip is its own group. `validation_split`: a split of validation groups of its own (else about
+    `validation_fraction` of the training groups). `test_split=None`: validation only (to choose among several
+    runs without looking at the test groups); test scores are then NaN."""
     started = time.perf_counter()
     models, probes, poolings = list(models), list(dict.fromkeys(probes)), list(dict.fromkeys(poolings))
     if not models:
@@ -243,14 +249,23 @@ def evaluate_encoders(
     output = Path(output_dir)
 
     # Everything that can be wrong with the inputs fails here, before the first forward pass.
-    splits = {name: _load_split(data, name, audio_column) for name in (train_split, test_split)}
+    named = [name for name in (train_split, validation_split, test_split) if name is not None]
+    if len(set(named)) != len(named):
+        raise ValueError(f"The train, validation and test splits must differ; got {named}.")
+    splits = {name: _load_split(data, name, audio_column) for name in named}
     labels = {name: _column(dataset, label_column, "label") for name, dataset in splits.items()}
     groups = {name: clip_groups(dataset, audio_column, group_column, group_pattern, name)
               for name, dataset in splits.items()}
+    if group_column is not None or group_pattern is not None:
+        for a, b in combinations(named, 2):
+            if shared := sorted(set(groups[a]) & set(groups[b])):
+                raise ValueError(f"The {a} and {b} splits share group(s) {shared[:5]}: held-out groups must be "
+                                 "disjoint from the training groups.")
     for spec in models:
         check_model_spec(spec, trust_remote_code)
-    task, train_targets, test_targets = _targets(labels[train_split], labels[test_split], multi_label,
-                                                 _declared_classes(splits[train_split], label_column))
+    task, train_targets, others = _targets(labels[train_split], [labels[name] for name in named[1:]], multi_label,
+                                           _declared_classes(splits[train_split], label_column))
+    targets = {train_split: train_targets, **dict(zip(named[1:], others))}
 
     needed = set(poolings if set(probes) - {"attentive"} else []) | ({ROWS} if "attentive" in probes else set())
     embeddings, cache = {}, {}
@@ -274,25 +289,36 @@ def evaluate_encoders(
     kept = {name: sorted(set.intersection(*(set(embeddings[spec][name]["index"].tolist()) for spec in models)))
             for name in splits}
     unreadable = {name: len(splits[name]) - len(kept[name]) for name in splits}
-    train_rows, test_rows = np.array(kept[train_split]), np.array(kept[test_split])
-    train_groups = [groups[train_split][row] for row in train_rows]
-    single_labels = None if multi_label else train_targets[train_rows].tolist()
-    in_validation = group_validation_split(train_groups, validation_fraction, seed, single_labels)
-    fit_rows, validation_rows = train_rows[~in_validation], train_rows[in_validation]
-    test_group_names = sorted(set(groups[test_split][row] for row in test_rows))
+    train_rows = np.array(kept[train_split])
+    if validation_split is None:
+        train_groups = [groups[train_split][row] for row in train_rows]
+        single_labels = None if multi_label else train_targets[train_rows].tolist()
+        in_validation = group_validation_split(train_groups, validation_fraction, seed, single_labels)
+        fit_rows, validation_rows = train_rows[~in_validation], train_rows[in_validation]
+    else:
+        fit_rows, validation_rows = train_rows, np.array(kept[validation_split])
+    # Where each part's clips are: (split, dataset rows). Without a test split the validation clips stand in as the
+    # probes' "test" input, and no test score is kept.
+    parts = {"fit": (train_split, fit_rows), "validation": (validation_split or train_split, validation_rows)}
+    parts["test"] = (test_split, np.array(kept[test_split])) if test_split else parts["validation"]
+    test_rows = parts["test"][1]
+    test_group_names = sorted(set(groups[parts["test"][0]][row] for row in test_rows))
     group_index = {name: index for index, name in enumerate(test_group_names)}
-    test_group_ids = torch.tensor([group_index[groups[test_split][row]] for row in test_rows])
+    test_group_ids = torch.tensor([group_index[groups[parts["test"][0]][row]] for row in test_rows])
     draws = bootstrap_weights(test_group_ids, bootstrap_draws, seed)
+    test_targets = targets[parts["test"][0]][test_rows]
+    scored = (lambda value: value) if test_split else (lambda value: float("nan"))
 
     jobs = [(spec, probe, pooling) for spec in models for probe in probes
             for pooling in ([ROWS] if probe == "attentive" else poolings)]
     rows, best_outputs = [], {}
     probe_started = time.perf_counter()
     for spec, probe, pooling in tqdm(jobs, desc="probes", unit="probe"):
-        train, held_out = embeddings[spec][train_split], embeddings[spec][test_split]
-        fit = _by_layer(train, _positions(train, fit_rows), train_targets[fit_rows])
-        validation = _by_layer(train, _positions(train, validation_rows), train_targets[validation_rows])
-        test = _by_layer(held_out, _positions(held_out, test_rows), test_targets[test_rows])
+        fit, validation, test = (
+            _by_layer(embeddings[spec][split], _positions(embeddings[spec][split], part_rows),
+                      targets[split][part_rows])
+            for split, part_rows in parts.values()
+        )
         result = _run_probe(probe, task, fit, validation, test, pooling, seed)
         test_scores = task_scores(task, result.test_outputs, test["targets"])
         best = int(torch.nan_to_num(result.validation, nan=-float("inf")).argmax())
@@ -300,23 +326,31 @@ def evaluate_encoders(
         scores = task_scores(task, result.test_outputs[best], test["targets"], draws)
         rows.append({
             "model": spec, "probe": probe, "pooling": pooling, "best_layer": best,
-            "validation": float(result.validation[best]), "test": float(test_scores[best]),
-            "test_interval": percentile_interval(scores), "chosen": CHOSEN[probe], "choice": result.choice[best],
+            "validation": float(result.validation[best]), "test": scored(float(test_scores[best])),
+            "test_interval": [scored(value) for value in percentile_interval(scores)], "chosen": CHOSEN[probe],
+            "choice": result.choice[best],
             "layers": [{"layer": layer, "validation": float(result.validation[layer]),
-                        "test": float(test_scores[layer]), "choice": result.choice[layer]}
+                        "test": scored(float(test_scores[layer])), "choice": result.choice[layer]}
                        for layer in range(len(result.choice))],
         })
     probe_seconds = time.perf_counter() - probe_started
+    if len(poolings) > 1:  # the pooling is a choice too, made on validation like the layer (a tie: the first given)
+        for spec in models:
+            for probe in (probe for probe in probes if probe != "attentive"):
+                candidates = [row for row in rows if (row["model"], row["probe"]) == (spec, probe)]
+                chosen = max(candidates, key=lambda row: -float("inf") if row["validation"] != row["validation"]
+                             else row["validation"])
+                rows.append({**chosen, "pooling": CHOSEN_POOLING, "chosen_pooling": chosen["pooling"]})
+                best_outputs[spec, probe, CHOSEN_POOLING] = best_outputs[spec, probe, chosen["pooling"]]
 
     differences = []
-    for probe, pooling in dict.fromkeys((probe, pooling) for _, probe, pooling in jobs):
+    for probe, pooling in dict.fromkeys((row["probe"], row["pooling"]) for row in rows) if test_split else ():
         for model_a, model_b in combinations(models, 2):
             (layer_a, outputs_a), (layer_b, outputs_b) = (best_outputs[model_a, probe, pooling],
                                                           best_outputs[model_b, probe, pooling])
-            difference = task_scores(task, outputs_a, test_targets[test_rows]) - task_scores(
-                task, outputs_b, test_targets[test_rows])
-            drawn = task_scores(task, outputs_a, test_targets[test_rows], draws) - task_scores(
-                task, outputs_b, test_targets[test_rows], draws)
+            difference = task_scores(task, outputs_a, test_targets) - task_scores(task, outputs_b, test_targets)
+            drawn = (task_scores(task, outputs_a, test_targets, draws)
+                     - task_scores(task, outputs_b, test_targets, draws))
             differences.append({"probe": probe, "pooling": pooling, "model_a": model_a, "model_b": model_b,
                                 "layer_a": layer_a, "layer_b": layer_b, "difference": float(difference),
                                 "interval": percentile_interval(drawn)})
@@ -326,19 +360,21 @@ def evaluate_encoders(
         "settings": {"models": models, "data": data, "probes": probes, "poolings": poolings,
                      "multi_label": multi_label, "label_column": label_column, "group_column": group_column,
                      "group_pattern": group_pattern, "train_split": train_split, "test_split": test_split,
+                     "validation_split": validation_split,
                      "validation_fraction": validation_fraction, "bootstrap_draws": bootstrap_draws, "seed": seed,
                      "num_classes": task.num_classes, "probe_settings": probe_settings()},
-        "data": {"fit_clips": len(fit_rows), "validation_clips": len(validation_rows), "test_clips": len(test_rows),
+        "data": {"fit_clips": len(fit_rows), "validation_clips": len(validation_rows),
+                 "test_clips": len(test_rows) if test_split else 0,
                  "fit_groups": len({groups[train_split][row] for row in fit_rows}),
-                 "validation_groups": len({groups[train_split][row] for row in validation_rows}),
-                 "test_groups": len(test_group_names), "unreadable": unreadable},
+                 "validation_groups": len({groups[parts["validation"][0]][row] for row in validation_rows}),
+                 "test_groups": len(test_group_names) if test_split else 0, "unreadable": unreadable},
         "cache": cache,
         "results": rows,
         "differences": differences,
         "seconds": {"embedding": round(embedding_seconds, 1), "probes": round(probe_seconds, 1)},
     }
     output.mkdir(parents=True, exist_ok=True)
-    if plots:
+    if plots and test_split:
         results["plots"] = [name for name, plot in (("layers.png", plot_layers), ("differences.png", plot_differences))
                             if plot(results, output / name)]
     results["seconds"]["total"] = round(time.perf_counter() - started, 1)
@@ -365,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     groups.add_argument("--group_pattern", default=None,
                         help="regex on the file name; its first capture group is the group, e.g. '_p(\\d+)_'")
     parser.add_argument("--train_split", default="train")
-    parser.add_argument("--test_split", default="test")
+    parser.add_argument("--test_split", default="test", help="'none': validation scores only")
+    parser.add_argument("--validation_split", default=None,
+                        help="a split of validation groups (default: --validation_fraction of the training groups)")
     parser.add_argument("--validation_fraction", type=float, default=0.2, help="share of training groups")
     parser.add_argument("--batch_size", type=int, default=16, help="clips per forward")
     parser.add_argument("--device", default=None)
@@ -378,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         args.models, args.data, args.output_dir, probes=args.probes, poolings=args.pooling,
         multi_label=args.multi_label, label_column=args.label_column, audio_column=args.audio_column,
         group_column=args.group_column, group_pattern=args.group_pattern, train_split=args.train_split,
-        test_split=args.test_split, validation_fraction=args.validation_fraction, batch_size=args.batch_size,
+        test_split=None if args.test_split.lower() == "none" else args.test_split,
+        validation_split=args.validation_split, validation_fraction=args.validation_fraction,
+        batch_size=args.batch_size,
         device=args.device, bootstrap_draws=args.bootstrap_draws, seed=args.seed, plots=not args.no_plots,
         trust_remote_code=args.trust_remote_code,
     )

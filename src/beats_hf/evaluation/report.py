@@ -48,6 +48,11 @@ def _number(value: float) -> str:
     return "n/a" if value != value else f"{value:.3f}"  # NaN != NaN
 
 
+def _per_pooling(results: dict) -> list[dict]:
+    """The result rows of one pooling each (a row of the pooling chosen on validation repeats one of them)."""
+    return [row for row in results["results"] if "chosen_pooling" not in row]
+
+
 def write_report(results: dict, path: Path) -> None:
     metric = results["metric"]
     data = results["data"]
@@ -65,7 +70,8 @@ def write_report(results: dict, path: Path) -> None:
     ]
     for row in results["results"]:
         low, high = row["test_interval"]
-        lines.append(f"| {short_name(row['model'])} | {row['probe']} | {row['pooling']} | {row['best_layer']} | "
+        pooling = f"chosen: {row['chosen_pooling']}" if "chosen_pooling" in row else row["pooling"]
+        lines.append(f"| {short_name(row['model'])} | {row['probe']} | {pooling} | {row['best_layer']} | "
                      f"{row['chosen']} {row['choice']:g} | "
                      f"{_number(row['validation'])} | {_number(row['test'])} | {_number(low)} to {_number(high)} |")
     if results["differences"]:
@@ -77,12 +83,13 @@ def write_report(results: dict, path: Path) -> None:
                          f"{short_name(row['model_a'])} (layer {row['layer_a']}) | "
                          f"{short_name(row['model_b'])} (layer {row['layer_b']}) | {row['difference']:+.3f} | "
                          f"{low:+.3f} to {high:+.3f} |")
-    deepest = max(len(row["layers"]) for row in results["results"])
+    per_pooling = _per_pooling(results)
+    deepest = max(len(row["layers"]) for row in per_pooling)
     lines += ["", f"## Every layer: test {metric} (validation)", "",
               "| probe | pooling | model | " + " | ".join(f"layer {layer}" for layer in range(deepest)) + " |",
               "|---|---|---|" + "---|" * deepest]
-    order = list(dict.fromkeys((row["probe"], row["pooling"]) for row in results["results"]))
-    for row in sorted(results["results"], key=lambda row: order.index((row["probe"], row["pooling"]))):
+    order = list(dict.fromkeys((row["probe"], row["pooling"]) for row in per_pooling))
+    for row in sorted(per_pooling, key=lambda row: order.index((row["probe"], row["pooling"]))):
         cells = [f"{_number(layer['test'])} ({_number(layer['validation'])})" for layer in row["layers"]]
         cells[row["best_layer"]] = f"**{cells[row['best_layer']]}**"
         lines.append(f"| {row['probe']} | {row['pooling']} | {short_name(row['model'])} | "
@@ -116,7 +123,7 @@ def plot_layers(results: dict, path: Path) -> bool:
     figure, axes = plt.subplots(1, len(probes), figsize=(4.5 * len(probes), 3.8), squeeze=False)
     deepest = max(len(row["layers"]) for row in results["results"]) - 1
     for axis, probe in zip(axes[0], probes):
-        for row in (row for row in results["results"] if row["probe"] == probe):
+        for row in (row for row in _per_pooling(results) if row["probe"] == probe):
             tests = [layer["test"] for layer in row["layers"]]
             label = f"{short_name(row['model'])} ({row['pooling']})"
             if len(tests) == 1:  # a one-"layer" baseline: a level line across the depth
