@@ -6,15 +6,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
-# ffmpeg (the program): transformers' audio pipelines decode file paths with it.
+# ffmpeg (the program): transformers' audio pipelines decode file paths with it. The demo's held-out task suite:
+# two soundfonts and the Hedgewars voice packs (spoken phrases).
 APT_PACKAGES := libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4 libavutil57 \
-	ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont
+	ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont hedgewars-data
 
 .PHONY: install test shared-tests demo lint clean system-deps
 
 system-deps:
 	@if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
-		echo ">> installing system packages (FFmpeg libraries for audio decoding, fluidsynth + soundfonts)"; \
+		echo ">> installing system packages (FFmpeg libraries for audio decoding, fluidsynth + soundfonts, voices)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
 	fi
 

@@ -95,7 +95,10 @@ DEFAULT_CLIPS_PER_VALIDATION_PROGRAM = 20
 DEFAULT_CLIPS_PER_TEST_PROGRAM = 20
 DEFAULT_UNLABELLED_CLIPS = 3000
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
-SOUNDFONT_PACKAGES = {"FluidR3_GM.sf2": "fluid-soundfont-gm", "TimGM6mb.sf2": "timgm6mb-soundfont"}
+SOUNDFONT_PACKAGES = {  # Debian packages of the soundfonts the demo uses (tasks and pre-training pools)
+    "FluidR3_GM.sf2": "fluid-soundfont-gm", "TimGM6mb.sf2": "timgm6mb-soundfont", "sf_GMbank.sf2": "csound-soundfont",
+    "OPL-3_FM_128M.sf2": "opl3-soundfont", "MuseScore_General_Lite.sf3": "musescore-general-soundfont-small",
+}
 
 FAMILIES = (
     "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed", "pipe",

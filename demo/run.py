@@ -1,26 +1,24 @@
-"""`make demo` (`python -m demo.run` from the repository root): the whole BEATs method on real recorded instrument sound, end to end.
+"""`make demo` (`python -m demo.run` from the repository root): the whole BEATs method on real recorded sound, end to
+end, judged on tasks nobody tuned on.
 
-1. Render a corpus from the FluidR3 General MIDI soundfont: instrument-family classification with held-out
-   programs (labelled train/test) and an unlabelled pool (`demo/corpus.py`).
-2. `beats-hf iterate` for 2 iterations on the unlabelled pool: random-projection tokenizer -> SSL model 1 ->
-   distilled tokenizer -> SSL model 2.
-3. Fine-tune SSL model 2 on the labelled train split, and the same architecture from random initialisation with the
-   same budget. Both heads see per-frequency-band statistics of the last layer (`classifier_pooling=
-   "frequency_bands"`) and start with LP-FT: the head is first fitted as a logistic regression on the frozen encoder's
-   clip embeddings (that linear probe is evaluated too), then the whole model is fine-tuned. Then a log-mel + logistic-
-   regression baseline on per-mel-bin statistics. Training runs in bf16 where the hardware has bf16 matrix units.
-4. Evaluate all on the held-out programs, classify a few test clips with `pipeline("audio-classification")`, and
-   write a report folder (report.md, PNG plots, results.json).
-5. Probe every layer of the frozen encoders of iteration 1 and 2, the same architecture untrained and the log-mel
-   statistics with `beats-hf evaluate` (linear, MLP, attentive and kNN probes; choices on a validation split of whole
-   training programs): `frozen_encoders/report.md`, summarised in the demo's report.
+1. Build the held-out task suite (`demo/suite.py`): instrument family on held-out programs rendered from FluidR3 and,
+   a second time, from TimGM6mb; spoken phrases on held-out voices (Hedgewars). Each has validation and test groups
+   of its own, none of them in the unlabelled pre-training pool, which is assembled next.
+2. `beats-hf iterate` with the recipe chosen on the suite's VALIDATION splits among runs at one fixed budget of
+   optimizer steps (`demo/recipes.py`, the table in `docs/demo/recipes.md`).
+3. Fine-tune the pre-trained encoder on the instrument task, and the same architecture from random initialisation with
+   the same budget (LP-FT: the head, which sees per-frequency-band statistics of the last layer, is first fitted as a
+   logistic regression on the frozen encoder, then the whole model is fine-tuned). Training runs in bf16 where the
+   hardware has bf16 matrix units.
+4. Score the TEST split of every task once: frozen-encoder probes of every iteration, the same architecture untrained
+   and the log-mel statistics (`beats-hf evaluate`: probe setting, layer and pooling chosen on validation; 95 %
+   intervals over resampled test groups), and write a report folder (report.md, PNG plots, results.json).
 
-`DEMO_FAST=1` runs a reduced version (under a minute on an idle machine) for CI.
+`DEMO_FAST=1` runs a reduced version (about a minute on an idle machine) for CI.
 """
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,85 +28,42 @@ import numpy as np
 
 from beats_hf.precision import bf16_is_fast
 
+from .recipes import CHOSEN, RECIPES, SUITE, Recipe, encoders, iteration_comparisons, precision_flags, read_record
+from .recipes import run_iterate as iterate_recipe
+from .suite import TASKS, build_pool, build_suite, chosen_score, evaluate_suite
+
 
 @dataclass
 class DemoSettings:
+    recipe: Recipe
     clips_per_train_program: int
+    clips_per_validation_program: int
     clips_per_test_program: int
-    unlabelled_clips: int
-    model_preset: str
-    ssl_steps: int
-    tokenizer_steps: int
+    fluidr3_pool_clips: int
     finetune_epochs: float
-    pretrain_batch_size: int
     finetune_batch_size: int
     finetune_learning_rate: float
-    pretrain_learning_rate: float
-    soundfont: str | None = None
+    instrument_soundfont: str | None = None
     seed: int = 0
-    # Tokenizer training moves codes unused for this many updates onto current patch vectors. Without it, the demo's
-    # distilled tokenizer used 50 of its 1024 codes (perplexity 24) and iteration 2 learnt worse features than 1.
-    restart_dead_codes_after: int = 20
-    # The classifiers see per-frequency-band statistics (`BeatsConfig.classifier_pooling`), as the log-mel baseline sees
-    # per-mel-bin ones: the official mean over all patches mixes the bands and lost the pre-trained encoder's lead.
+    # The classifiers see per-frequency-band statistics (`BeatsConfig.classifier_pooling`): the official mean over all
+    # patches mixes the bands and lost the pre-trained encoder's lead on the instrument task.
     classifier_pooling: str = "frequency_bands"
-    # The frozen-encoder comparison of every layer (`beats-hf evaluate`): which probes it fits.
-    evaluate_probes: tuple[str, ...] = ("linear", "mlp", "attentive", "knn")
+    # The probes of the held-out suite (`beats-hf evaluate`); the linear probe decides the verdict.
+    suite_probes: tuple[str, ...] = ("linear", "knn")
 
 
-FULL = DemoSettings(
-    clips_per_train_program=10, clips_per_test_program=20, unlabelled_clips=1200, model_preset="small",
-    ssl_steps=1500, tokenizer_steps=250, finetune_epochs=6, pretrain_batch_size=16, finetune_batch_size=16,
-    finetune_learning_rate=2e-4, pretrain_learning_rate=1e-3,
-)
+FULL = DemoSettings(recipe=RECIPES[CHOSEN], **SUITE, finetune_epochs=6, finetune_batch_size=16,
+                    finetune_learning_rate=2e-4)
 FAST = DemoSettings(
-    clips_per_train_program=2, clips_per_test_program=2, unlabelled_clips=48, model_preset="tiny",
-    ssl_steps=6, tokenizer_steps=6, finetune_epochs=1, pretrain_batch_size=8, finetune_batch_size=8,
-    finetune_learning_rate=1e-3, pretrain_learning_rate=1e-3, soundfont="/usr/share/sounds/sf2/TimGM6mb.sf2",
+    recipe=Recipe("fast", iterations=2, ssl_steps=6, tokenizer_steps=6, pool=(("fluidr3", 48), ("speech", 16)),
+                  model_preset="tiny", batch_size=8),
+    clips_per_train_program=2, clips_per_validation_program=1, clips_per_test_program=2, fluidr3_pool_clips=48,
+    finetune_epochs=1, finetune_batch_size=8, finetune_learning_rate=1e-3,
 )
 
 
 def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def build_corpus(settings: DemoSettings, folder: Path) -> dict:
-    from .corpus import build_corpus as render
-
-    return render(
-        folder,
-        soundfont=settings.soundfont,
-        clips_per_train_program=settings.clips_per_train_program,
-        clips_per_test_program=settings.clips_per_test_program,
-        unlabelled_clips=settings.unlabelled_clips,
-        seed=settings.seed,
-    )
-
-
-def precision_flags() -> list[str]:
-    """TrainingArguments flags: bf16 where it is fast (see `bf16_is_fast`; Trainer wants `--use_cpu` for CPU bf16)."""
-    import torch
-
-    on_cpu = not torch.cuda.is_available()
-    if not bf16_is_fast(on_cpu):
-        return []
-    return ["--bf16", "--use_cpu"] if on_cpu else ["--bf16"]
-
-
-def run_iterate(settings: DemoSettings, unlabelled: Path, output: Path) -> None:
-    command = [
-        sys.executable, "-m", "beats_hf.cli", "iterate",
-        "--data", str(unlabelled), "--output_dir", str(output), "--iterations", "2",
-        "--model_preset", settings.model_preset, "--max_steps", str(settings.ssl_steps),
-        "--tokenizer_max_steps", str(settings.tokenizer_steps), "--seed", str(settings.seed),
-        "--crop_seconds", "2.0", "--per_device_train_batch_size", str(settings.pretrain_batch_size),
-        "--learning_rate", str(settings.pretrain_learning_rate), "--warmup_steps", "0.05",
-        "--tokenizer_restart_dead_codes_after", str(settings.restart_dead_codes_after),
-        "--logging_steps", str(max(1, settings.ssl_steps // 30)), "--save_steps", str(max(1, settings.ssl_steps // 3)),
-        *precision_flags(),
-    ]
-    log("running: " + " ".join(command[2:]))
-    subprocess.run(command, check=True)
 
 
 def fine_tune(settings: DemoSettings, model_dir: Path, labelled: Path, output: Path, from_scratch: bool) -> dict:
@@ -183,15 +138,6 @@ def program_bootstrap(correct_a, correct_b, programs, resamples: int = 10000, se
             "share_of_resamples_not_above_0": float(np.mean(differences <= 0)), "programs": len(names)}
 
 
-def waveforms_and_labels(labelled: Path, split: str) -> tuple[list[np.ndarray], list[int]]:
-    from beats_hf.audio_data import AudioClips, load_audio_dataset
-
-    clips = AudioClips(load_audio_dataset(str(labelled), split=split), crop_seconds=None, replace_bad=False)
-    items = [clips[i] for i in range(len(clips))]
-    items = [item for item in items if item is not None]
-    return [item["waveform"] for item in items], [int(item["labels"]) for item in items]
-
-
 def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[dict]:
     from transformers import pipeline
 
@@ -208,15 +154,30 @@ def pipeline_examples(model_dir: Path, labelled: Path, count: int = 5) -> list[d
     ]
 
 
-def frozen_encoder_summary(results: dict) -> dict:
-    """Per model and probe/pooling, the layer chosen on validation, its validation and test accuracy and the test
-    interval over resampled held-out programs; every layer's scores are in frozen_encoders/report.md."""
-    from beats_hf.evaluation.report import short_name
-
+def suite_summary(results: dict[str, dict], models: dict[str, str]) -> dict:
+    """Per task: every model's linear-probe score (pooling and layer chosen on validation; test with its interval),
+    and the last iteration minus each other model, paired over the same resampled test groups."""
+    labels = {spec: label for label, spec in models.items()}
+    last = [label for label in models if label.startswith("iteration_")][-1]
     summary = {}
-    for row in results["results"]:
-        summary.setdefault(short_name(row["model"]), {})[f"{row['probe']}/{row['pooling']}"] = {
-            key: row[key] for key in ("best_layer", "validation", "test", "test_interval")
+    for task in TASKS:
+        task_results = results[task.name]
+        differences = {}
+        for row in task_results["differences"]:
+            if (row["probe"], row["pooling"]) != ("linear", "chosen") or last not in (labels[row["model_a"]],
+                                                                                       labels[row["model_b"]]):
+                continue
+            sign = 1 if labels[row["model_a"]] == last else -1
+            other = labels[row["model_b"] if sign == 1 else row["model_a"]]
+            low, high = (value * sign for value in row["interval"])
+            differences[f"{last} - {other}"] = {"difference": sign * row["difference"],
+                                                "interval_95": sorted([low, high])}
+        beats = [differences[f"{last} - {other}"]["interval_95"][0] > 0 for other in ("untrained", "logmel")]
+        summary[task.name] = {
+            "title": task.title, "classes": task_results["settings"]["num_classes"],
+            "test_groups": task_results["data"]["test_groups"], "test_clips": task_results["data"]["test_clips"],
+            "scores": {label: chosen_score(task_results, spec) for label, spec in models.items()},
+            "differences": differences, "pretrained_beats_untrained_and_logmel": all(beats),
         }
     return summary
 
@@ -228,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="reduced run for CI (also DEMO_FAST=1)")
     args = parser.parse_args(argv)
     settings = FAST if args.fast else FULL
+    recipe = settings.recipe
     output = Path(args.output_dir).resolve()
     output.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -241,77 +203,70 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name} done in {timings[name]:.0f} s")
         return result
 
-    corpus_dir = output / "corpus"
-    corpus = stage("1/6 building the corpus", build_corpus, settings, corpus_dir)
-    labelled, unlabelled = corpus_dir / "labelled", corpus_dir / "unlabelled"
-    stage("2/6 iterative pre-training (2 iterations)", run_iterate, settings, unlabelled, output / "pretraining")
-    ssl_dir = output / "pretraining" / "iteration_2" / "ssl"
-    pretrained = stage("3/6 linear probe + fine-tuning of the pre-trained model", fine_tune, settings, ssl_dir,
-                       labelled, output / "finetuned_pretrained", False)
-    scratch = stage("4/6 linear probe + fine-tuning from random initialisation", fine_tune, settings, ssl_dir,
-                    labelled, output / "finetuned_random_init", True)
+    suite_dir = output / "suite"
 
-    def baseline():
-        from .baseline import logmel_baseline
+    def build():
+        manifests = build_suite(suite_dir, settings.clips_per_train_program, settings.clips_per_validation_program,
+                                settings.clips_per_test_program, settings.fluidr3_pool_clips, seed=settings.seed,
+                                instrument_soundfont=settings.instrument_soundfont)
+        return manifests, build_pool(suite_dir, dict(recipe.pool), seed=settings.seed)
 
-        train_waves, train_labels = waveforms_and_labels(labelled, "train")
-        test_waves, test_labels = waveforms_and_labels(labelled, "test")
-        return logmel_baseline(train_waves, train_labels, test_waves, test_labels, num_classes=max(train_labels) + 1)
-
-    logmel = stage("5/6 log-mel + logistic regression baseline", baseline)
-
-    def frozen_encoders():
-        from beats_hf.evaluation import evaluate_encoders
-
-        iterations = output / "pretraining"
-        models = [str(iterations / "iteration_1" / "ssl"), str(ssl_dir), f"random:{ssl_dir}", "logmel"]
-        return evaluate_encoders(models=models, data=str(labelled), output_dir=output / "frozen_encoders",
-                                 probes=settings.evaluate_probes, group_pattern=r"_p(\d+)_", seed=settings.seed)
-
-    frozen = stage("6/6 frozen-encoder probes of every layer (beats-hf evaluate)", frozen_encoders)
+    manifests, pool = stage("1/5 building the held-out task suite and the unlabelled pool", build)
+    pretraining = output / "pretraining"
+    stage(f"2/5 pre-training: recipe {recipe.name} ({recipe.optimizer_steps} optimizer steps)", iterate_recipe,
+          recipe, pool, pretraining, settings.seed)
+    models = encoders(recipe, pretraining)
+    last = Path(models[f"iteration_{recipe.iterations}"])
+    labelled = suite_dir / TASKS[0].folder
+    pretrained = stage("3/5 LP-FT of the pre-trained model (instrument task)", fine_tune, settings, last, labelled,
+                       output / "finetuned_pretrained", False)
+    scratch = stage("4/5 LP-FT from random initialisation (instrument task)", fine_tune, settings, last, labelled,
+                    output / "finetuned_random_init", True)
+    suite_results = stage("5/5 the held-out suite's test splits, scored once (beats-hf evaluate)", evaluate_suite,
+                          list(models.values()), suite_dir, output / "held_out_suite", True,
+                          settings.suite_probes, settings.seed)
 
     actual, predicted, names = predictions_of(output / "finetuned_pretrained", labelled)
     _, predicted_random, _ = predictions_of(output / "finetuned_random_init", labelled)
     programs = held_out_programs(labelled)
-    correct = {
-        "pretrained_finetuned": np.equal(predicted, actual),
-        "random_init_finetuned": np.equal(predicted_random, actual),
-        "logmel_baseline": np.equal(logmel["predictions"], actual),
-    }
-    examples = pipeline_examples(output / "finetuned_pretrained", labelled)
+    correct = {"pretrained_finetuned": np.equal(predicted, actual),
+               "random_init_finetuned": np.equal(predicted_random, actual)}
+    record = [] if args.fast else read_record()
     results = {
+        "held_out_suite": suite_summary(suite_results, models),
+        "recipe": {**asdict(recipe), "optimizer_steps": recipe.optimizer_steps,
+                   "chosen_from": [row["recipe"]["name"] for row in record]},
+        "iteration_2_versus_1": iteration_comparisons(record),
         "pretrained_finetuned_accuracy": pretrained["eval_accuracy"],
         "random_init_finetuned_accuracy": scratch["eval_accuracy"],
         "pretrained_linear_probe_accuracy": pretrained["linear_probe_accuracy"],
         "random_init_linear_probe_accuracy": scratch["linear_probe_accuracy"],
-        "logmel_baseline_accuracy": logmel["accuracy"],
         "chance_accuracy": 1.0 / len(names),
-        "program_bootstrap": {
-            f"pretrained_finetuned_minus_{other}": program_bootstrap(correct["pretrained_finetuned"], correct[other],
-                                                                     programs)
-            for other in ("random_init_finetuned", "logmel_baseline")
-        },
+        "program_bootstrap": {"pretrained_finetuned_minus_random_init_finetuned": program_bootstrap(
+            correct["pretrained_finetuned"], correct["random_init_finetuned"], programs)},
         "test_program_families": {str(program): names[label] for program, label in zip(programs, actual)},
         "per_program_accuracy": {
-            name: {str(program): float(np.mean(hits[np.equal(programs, program)])) for program in sorted(set(programs))}
+            name: {str(program): float(np.mean(hits[np.equal(programs, program)]))
+                   for program in sorted(set(programs))}
             for name, hits in correct.items()
         },
         "settings": {**asdict(settings), "fast": args.fast,
                      "pretraining_precision_flags": precision_flags(), "finetuning_bf16": bf16_is_fast(on_cpu=True)},
-        "corpus": {key: value for key, value in corpus.items() if key in ("counts", "soundfont", "programs")},
-        "frozen_encoder_probes": frozen_encoder_summary(frozen),
+        "suite": {name: {key: value for key, value in manifest.items() if key in ("counts", "soundfont", "package")}
+                  for name, manifest in manifests.items()},
         "timings_seconds": {**timings, "total": round(time.time() - started, 1)},
-        "pipeline_examples": examples,
+        "pipeline_examples": pipeline_examples(output / "finetuned_pretrained", labelled),
     }
     report_dir = output / "report"
     from .report import write_report
 
-    write_report(report_dir, results, output / "pretraining", actual, predicted, names)
-    log(f"fine-tuned: pre-trained {results['pretrained_finetuned_accuracy']:.3f} | random init "
-        f"{results['random_init_finetuned_accuracy']:.3f}; linear probe: pre-trained "
-        f"{results['pretrained_linear_probe_accuracy']:.3f} | random init "
-        f"{results['random_init_linear_probe_accuracy']:.3f}; log-mel baseline "
-        f"{results['logmel_baseline_accuracy']:.3f}")
+    write_report(report_dir, results, pretraining, actual, predicted, names, record)
+    for name, task in results["held_out_suite"].items():
+        scores = ", ".join(f"{label} {score['test']:.3f}" for label, score in task["scores"].items())
+        log(f"{name} (test, linear probe): {scores}; pre-trained ahead of untrained and log-mel with intervals above "
+            f"0: {'yes' if task['pretrained_beats_untrained_and_logmel'] else 'no'}")
+    log(f"fine-tuned on instruments: pre-trained {results['pretrained_finetuned_accuracy']:.3f} | random init "
+        f"{results['random_init_finetuned_accuracy']:.3f}")
     log(f"report: {report_dir / 'report.md'}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Demo corpus rendered from a General MIDI soundfont (`demo.corpus`), and its log-mel baseline (`demo.baseline`)."""
+"""Demo corpus rendered from a General MIDI soundfont (`demo.corpus`)."""
 
 import hashlib
 import json
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from demo import corpus as corpus_module
-from demo.baseline import logmel_baseline
 from demo.corpus import FAMILIES, build_corpus, midi_file
 
 TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")  # small GM bank (timgm6mb-soundfont): fast renders
-TINY = dict(soundfont=TIMGM, clips_per_train_program=1, clips_per_test_program=1, unlabelled_clips=6, progress=False)
+TINY = dict(soundfont=TIMGM, clips_per_train_program=1, clips_per_validation_program=1, clips_per_test_program=1,
+            unlabelled_clips=6, progress=False)
 
 needs_fluidsynth = pytest.mark.skipif(
     shutil.which("fluidsynth") is None or not TIMGM.is_file(),
@@ -46,31 +46,36 @@ def test_corpus_is_byte_identical_across_runs_and_workers(tiny_corpora):
     first, second = (Path(manifest["output_dir"]) for manifest in tiny_corpora)
     files_a, files_b = digests(first), digests(second)
     assert files_a == files_b
-    assert len([name for name in files_a if name.endswith(".wav")]) == 60 + 20 + 6
-    assert tiny_corpora[0]["counts"] == {"train": 60, "test": 20, "unlabelled": 6, "redrawn_silent": 0}
+    assert len([name for name in files_a if name.endswith(".wav")]) == 50 + 10 + 20 + 6
+    assert tiny_corpora[0]["counts"] == {"train": 50, "test": 20, "unlabelled": 6, "validation": 10,
+                                         "redrawn_silent": 0}
     assert not tiny_corpora[0]["reused"] and not tiny_corpora[1]["reused"]
 
 
 @needs_fluidsynth
-def test_train_and_test_programs_are_disjoint(tiny_corpora):
+def test_train_validation_and_test_programs_are_disjoint(tiny_corpora):
     root = Path(tiny_corpora[0]["output_dir"])
     manifest = json.loads((root / "corpus.json").read_text())
     assert manifest["soundfont"]["path"] == str(TIMGM)
     assert manifest["soundfont"]["sha256"] == hashlib.sha256(TIMGM.read_bytes()).hexdigest()
     train = {p for programs in manifest["programs"]["train"].values() for p in programs}
+    validation = {p for programs in manifest["programs"]["validation"].values() for p in programs}
     test = {p for programs in manifest["programs"]["test"].values() for p in programs}
-    assert len(train) == 60 and len(test) == 20 and not train & test
-    for index, family in enumerate(FAMILIES):  # 6 + 2 programs of the family's GM group
+    assert (len(train), len(validation), len(test)) == (50, 10, 20)
+    assert not train & test and not train & validation and not validation & test
+    for index, family in enumerate(FAMILIES):  # 5 + 1 + 2 programs of the family's GM group
         group = set(range(8 * index, 8 * index + 8))
-        assert set(manifest["programs"]["train"][family]) | set(manifest["programs"]["test"][family]) == group
+        splits = ("train", "validation", "test")
+        assert set().union(*(manifest["programs"][split][family] for split in splits)) == group
 
     def programs_on_disk(folder: str) -> set[int]:
         return {program_of(path.name) for path in (root / folder).rglob("*.wav")}
 
     assert programs_on_disk("labelled/train") == train
+    assert programs_on_disk("labelled/validation") == validation
     assert programs_on_disk("labelled/test") == test
     unlabelled = programs_on_disk("unlabelled")
-    assert unlabelled and not unlabelled & test
+    assert unlabelled and not unlabelled & (test | validation)
     assert unlabelled <= train | set(range(80, 104))
     for path in (root / "labelled").rglob("*.wav"):  # the folder name is the family of the program
         assert path.parent.name == FAMILIES[program_of(path.name) // 8]
@@ -91,13 +96,13 @@ def test_clips_are_16khz_mono_2s_and_not_silent(tiny_corpora):
 
 
 @needs_fluidsynth
-def test_audiofolder_loads_with_both_splits_and_ten_labels(tiny_corpora, tmp_path):
+def test_audiofolder_loads_with_three_splits_and_ten_labels(tiny_corpora, tmp_path):
     import datasets
 
     labelled = Path(tiny_corpora[0]["output_dir"]) / "labelled"
     dataset = datasets.load_dataset("audiofolder", data_dir=str(labelled), cache_dir=str(tmp_path / "cache"))
-    assert set(dataset) == {"train", "test"}
-    assert (dataset["train"].num_rows, dataset["test"].num_rows) == (60, 20)
+    assert set(dataset) == {"train", "validation", "test"}
+    assert (dataset["train"].num_rows, dataset["validation"].num_rows, dataset["test"].num_rows) == (50, 10, 20)
     label = dataset["train"].features["label"]
     assert label.num_classes == 10 and sorted(label.names) == sorted(FAMILIES)
     assert set(dataset["test"]["label"]) == set(range(10))
@@ -148,32 +153,6 @@ def test_midi_file_layout():
         midi_file([(10, b"\x90\x3c\x64"), (5, b"\x80\x3c\x00")], end_tick=20)
 
 
-def test_logmel_baseline_separates_tones_from_noise():
-    rng = np.random.default_rng(0)
-    time = np.arange(8000) / 16000  # 0.5 s clips
-
-    def clip(kind: int) -> np.ndarray:
-        amplitude = rng.uniform(0.05, 0.5)
-        if kind == 0:  # a pure tone
-            return amplitude * np.sin(2 * np.pi * rng.uniform(200, 4000) * time + rng.uniform(0, 6.3))
-        if kind == 1:  # white noise
-            return amplitude * rng.standard_normal(len(time)) / 3
-        return amplitude * np.sign(np.sin(2 * np.pi * rng.uniform(100, 400) * time))  # a square wave
-
-    def make(count: int) -> tuple[list[np.ndarray], list[int]]:
-        labels = [i % 3 for i in range(count)]
-        return [clip(label).astype(np.float32) for label in labels], labels
-
-    train_waves, train_labels = make(60)
-    test_waves, test_labels = make(30)
-    test_waves[0] = test_waves[0][:3000]  # a shorter clip is fine too
-    result = logmel_baseline(train_waves, train_labels, test_waves, test_labels, num_classes=3)
-    assert len(result["predictions"]) == 30 and set(result["predictions"]) <= {0, 1, 2}
-    assert result["accuracy"] >= 0.9  # chance is 1/3
-    assert result["accuracy"] == np.mean(np.array(result["predictions"]) == np.array(test_labels))
-    assert result["weight_decay"] > 0
-
-
 @needs_fluidsynth
 def test_silent_renders_are_redrawn_then_reported(tmp_path, monkeypatch):
     draw, seen = corpus_module._draw_notes, set()
@@ -196,20 +175,3 @@ def test_silent_renders_are_redrawn_then_reported(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="rendered silent 2 times"):
         build_corpus(tmp_path / "silent", **settings)
     assert not (tmp_path / "silent" / "corpus.json").exists()
-
-
-def test_vectorised_log_mel_matches_transformers_spectrogram():
-    from transformers.audio_utils import spectrogram, window_function
-
-    from demo import baseline
-
-    window, mel_filters = window_function(400, "povey", periodic=False), baseline._mel_filters()
-    waveform = np.random.default_rng(0).uniform(-0.5, 0.5, 5000).astype(np.float32)
-    expected = spectrogram(
-        waveform.astype(np.float64) * 32768, window, frame_length=400, hop_length=160, fft_length=512, power=2.0,
-        center=False, preemphasis=0.97, mel_filters=mel_filters, log_mel="log", mel_floor=1.192092955078125e-07,
-        remove_dc_offset=True,
-    ).T
-    got = baseline.log_mel(waveform, window, mel_filters)
-    assert got.shape == expected.shape == (29, 128)
-    np.testing.assert_allclose(got, expected, atol=1e-5)  # audio_utils rounds its output to float32
