@@ -16,8 +16,10 @@ from demo.voices import PHRASES, SPLITS, VOICES_DIR, build_phrase_task
 
 TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
 needs_voices = pytest.mark.skipif(not VOICES_DIR.is_dir(), reason="hedgewars-data is installed by `make test`")
-needs_suite = pytest.mark.skipif(not VOICES_DIR.is_dir() or shutil.which("fluidsynth") is None or not TIMGM.is_file(),
-                                 reason="hedgewars-data, fluidsynth and timgm6mb-soundfont are installed by `make test`")
+needs_suite = pytest.mark.skipif(
+    not VOICES_DIR.is_dir() or shutil.which("fluidsynth") is None or not TIMGM.is_file(),
+    reason="hedgewars-data, fluidsynth and timgm6mb-soundfont are installed by `make test`",
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,8 @@ def test_pools_hold_no_validation_or_test_group(suite):
     voices = {name.split("--")[1] for name in names if name.startswith("speech--")}
     assert voices <= set(SPLITS["train"])
     marker = (pool / "pool.json").stat().st_mtime_ns
-    assert build_pool(folder, {"fluidr3": 20, "speech": 30}) == pool and (pool / "pool.json").stat().st_mtime_ns == marker
+    assert build_pool(folder, {"fluidr3": 20, "speech": 30}) == pool  # reused: not written again
+    assert (pool / "pool.json").stat().st_mtime_ns == marker
     with pytest.raises(ValueError, match="Unknown pool source 'noise'"):
         build_pool(folder, {"noise": 3})
     with pytest.raises(ValueError, match="has 20 clips, fewer than the 21 asked for"):
