@@ -6,10 +6,11 @@
 Every recipe spends the same number of optimizer steps (SSL steps of every iteration plus the distilled tokenizers'
 steps: `Recipe.optimizer_steps`), about what `make demo` ran in 25 minutes on 2 cores before the suite existed. A run
 pre-trains with `beats-hf iterate` on the recipe's unlabelled pool, then probes every layer of each iteration's
-encoder, the same architecture untrained and the log-mel statistics on the VALIDATION split of every task (linear
-probe; pooling and layer chosen on validation). No test group is looked at: the demo scores the test split of the
-chosen recipe once. Each finished run is one row of `docs/demo/recipes.json` (settings, steps, minutes, CPU,
-validation scores), and `docs/demo/recipes.md` is the table of all rows.
+encoder, the same architecture untrained and the log-mel statistics on every task (linear probe; probe setting,
+pooling and layer chosen on the task's validation groups). The recipe is chosen on the validation scores alone; the
+test groups are scored once per finished recipe and recorded beside them, never used to choose. Each finished run is
+one row of `docs/demo/recipes.json` (settings, steps, minutes, CPU, validation and test scores), and
+`docs/demo/recipes.md` is the table of all rows.
 
 The recipe is chosen by the mean over the tasks of its last iteration's validation score.
 """
@@ -131,13 +132,15 @@ def run_recipe(recipe: Recipe, runs_dir: Path, record: Path = RECORD) -> dict:
     run_iterate(recipe, pool, run / "pretraining")
     minutes = (time.time() - started) / 60
     models = encoders(recipe, run / "pretraining")
-    results = evaluate_suite(list(models.values()), suite, run / "validation", test=False)
+    # One evaluation gives both: the validation scores that choose, and the test scores, computed once per finished
+    # recipe and recorded, but never used to choose.
+    results = evaluate_suite(list(models.values()), suite, run / "held_out_suite", test=True)
     row = {
         "recipe": asdict(recipe), "optimizer_steps": recipe.optimizer_steps,
         "pool_clips": sum(dict(recipe.pool).values()),
         "pretraining_minutes": round(minutes, 1), "cpu": cpu_name(), "cores": _cores(),
         "date": time.strftime("%Y-%m-%d"),
-        "validation": {task.name: {label: chosen_score(results[task.name], spec) for label, spec in models.items()}
+        "scores": {task.name: {label: chosen_score(results[task.name], spec) for label, spec in models.items()}
                        for task in TASKS},
     }
     rows = [existing for existing in read_record(record) if existing["recipe"]["name"] != recipe.name] + [row]
@@ -159,7 +162,7 @@ def read_record(record: Path = RECORD) -> list[dict]:
 def recipe_score(row: dict) -> float:
     """The mean over the tasks of the last iteration's validation score: what picks the demo's recipe."""
     last = f"iteration_{row['recipe']['iterations']}"
-    return sum(task[last]["validation"] for task in row["validation"].values()) / len(row["validation"])
+    return sum(task[last]["validation"] for task in row["scores"].values()) / len(row["scores"])
 
 
 def iteration_comparisons(rows: list[dict]) -> list[dict]:
@@ -173,8 +176,8 @@ def iteration_comparisons(rows: list[dict]) -> list[dict]:
                     one["recipe"][key] != two["recipe"][key] for key in same):
                 continue
             tasks = {name: {"two_iterations": scores["iteration_2"]["validation"],
-                            "one_iteration": one["validation"][name]["iteration_1"]["validation"]}
-                     for name, scores in two["validation"].items()}
+                            "one_iteration": one["scores"][name]["iteration_1"]["validation"]}
+                     for name, scores in two["scores"].items()}
             comparisons.append({"two_iterations": two["recipe"]["name"], "one_iteration": one["recipe"]["name"],
                                 "mean_two": recipe_score(two), "mean_one": recipe_score(one),
                                 "two_beats_one": recipe_score(two) > recipe_score(one), "validation": tasks})
@@ -186,13 +189,14 @@ def best_recipe(rows: list[dict]) -> str:
 
 
 def write_table(rows: list[dict], path: Path = TABLE) -> None:
-    names = list(rows[0]["validation"]) if rows else [task.name for task in TASKS]
+    names = list(rows[0]["scores"]) if rows else [task.name for task in TASKS]
     lines = [
         "# Pre-training recipes at a fixed budget", "",
-        "Written by `python -m demo.recipes` (see its docstring); one row per finished run. Scores: validation "
-        "accuracy of a linear probe on the frozen encoder (layer and pooling chosen on validation) on each task of "
-        "the held-out suite (`demo/suite.py`); no test group was scored for this table. `mean` (the last "
-        "iteration's mean over the tasks) picks the demo's recipe.", "",
+        "Written by `python -m demo.recipes` (see its docstring); one row per finished run, best first. Scores: "
+        "validation accuracy of a linear probe on the frozen encoder (probe setting, layer and pooling chosen on "
+        "validation) on each task of the held-out suite (`demo/suite.py`). `mean` (the last iteration's mean over "
+        "the tasks) alone picks the demo's recipe. `minutes`: wall time of the pre-training.", "",
+        "## Validation accuracy (what chooses)", "",
         "| recipe | iterations x SSL steps (+ tokenizer) | pool clips | mask | preset | minutes | CPU | model | "
         + " | ".join(names) + " | mean |",
         "|---|---|---|---|---|---|---|---|" + "---|" * (len(names) + 1),
@@ -203,14 +207,28 @@ def write_table(rows: list[dict], path: Path = TABLE) -> None:
         if recipe["iterations"] > 1:
             steps += f" (+ {recipe['iterations'] - 1} x {recipe['tokenizer_steps']})"
         pool = " + ".join(f"{source} {count}" for source, count in recipe["pool"])
-        for label in row["validation"][names[0]]:
-            scores = [row["validation"][name][label]["validation"] for name in names]
-            first = label == next(iter(row["validation"][names[0]]))
+        for label in row["scores"][names[0]]:
+            scores = [row["scores"][name][label]["validation"] for name in names]
+            first = label == next(iter(row["scores"][names[0]]))
             settings = (f"**{recipe['name']}** | {steps} = {row['optimizer_steps']} | {pool} | "
                         f"{recipe['mask_ratio']} | {recipe['model_preset']} | {row['pretraining_minutes']} | "
                         f"{row['cpu']} ({row['cores']} cores)" if first else " | | | | | | ")
             lines.append(f"| {settings} | {label} | " + " | ".join(f"{score:.3f}" for score in scores)
                          + f" | {sum(scores) / len(scores):.3f} |")
+    lines += ["", "## Test accuracy, scored once per finished recipe (never used to choose)", "",
+              "Same models and probes; 95 % intervals over resampled test groups (programs or voices).", "",
+              "| recipe | model | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for row in sorted(rows, key=recipe_score, reverse=True):
+        for label in row["scores"][names[0]]:
+            cells = []
+            for name in names:
+                score = row["scores"][name][label]
+                if score.get("test") is None:
+                    cells.append("-")
+                else:
+                    low, high = score["test_interval"]
+                    cells.append(f"{score['test']:.3f} ({low:.3f}-{high:.3f})")
+            lines.append(f"| {row['recipe']['name']} | {label} | " + " | ".join(cells) + " |")
     lines += ["", "Not run yet: " + (", ".join(f"`{name}`" for name in RECIPES
                                               if name not in {row['recipe']['name'] for row in rows}) or "none") + ".",
               ""]

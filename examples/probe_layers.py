@@ -6,7 +6,7 @@ and on the per-frequency-band statistics, with the penalty and the best layer ch
 training clips and the test split scored once. It prints one JSON line per model with the test accuracy of every
 hidden state (0 = encoder input), and leaves the full report, the plots and the cached embeddings in `--output_dir`.
 
-    python examples/probe_layers.py --dataset demo_output/corpus/labelled --group_pattern "_p(\\d+)_" \
+    python examples/probe_layers.py --dataset demo_output/suite/instruments/labelled --group_pattern "_p(\\d+)_" \
         --models demo_output/pretraining/iteration_1/ssl random:demo_output/pretraining/iteration_1/ssl
 
 `random:PATH` is PATH's architecture with a fresh random initialisation (seed 0). For the other probes (MLP, attentive,

@@ -98,7 +98,7 @@ def _row(name: str, iterations: int, scores: dict[str, list[float]], pool=(("flu
               "pool": [list(source) for source in pool], "mask_ratio": 0.75, "model_preset": "small",
               "batch_size": 16, "learning_rate": 1e-3}
     return {"recipe": recipe, "optimizer_steps": 10, "pool_clips": 1200, "pretraining_minutes": 1.0, "cpu": "test",
-            "cores": 2, "validation": {task: {f"iteration_{i + 1}": {"validation": value} for i, value in
+            "cores": 2, "scores": {task: {f"iteration_{i + 1}": {"validation": value} for i, value in
                                               enumerate(values)} | {"untrained": {"validation": 0.1},
                                                                     "logmel": {"validation": 0.2}}
                                        for task, values in scores.items()}}
