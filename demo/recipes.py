@@ -128,9 +128,10 @@ def run_recipe(recipe: Recipe, runs_dir: Path, record: Path = RECORD) -> dict:
     build_suite(suite, **SUITE)
     pool = build_pool(suite, dict(recipe.pool))
     run = runs_dir / recipe.name
-    started = time.time()
     run_iterate(recipe, pool, run / "pretraining")
-    minutes = (time.time() - started) / 60
+    # The stages' own run times (`beats-hf iterate`'s manifest): a rerun that finds them done does not reset them.
+    stages = json.loads((run / "pretraining" / "iterations.json").read_text(encoding="utf-8"))["stages"]
+    minutes = sum(stage.get("seconds", 0.0) for stage in stages.values()) / 60
     models = encoders(recipe, run / "pretraining")
     # One evaluation gives both: the validation scores that choose, and the test scores, computed once per finished
     # recipe and recorded, but never used to choose.
