@@ -192,6 +192,14 @@ def iteration_lines(comparisons: list[dict]) -> list[str]:
     return lines
 
 
+def _verdict(suite: dict) -> str:
+    won = [name for name, task in suite.items() if task["pretrained_beats_untrained_and_logmel"]]
+    lost = [name for name in suite if name not in won]
+    text = (f"**In short:** the pre-trained frozen encoder beat both the untrained architecture and the log-mel "
+            f"statistics, with 95 % intervals above 0, on {len(won)} of the {len(suite)} held-out tasks")
+    return text + (f" ({', '.join(won)})." if won else ".") + (f" Not on: {', '.join(lost)}." if lost else "")
+
+
 def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual, predicted, names,
                  recipe_rows: list[dict] | None = None) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +247,7 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
         f"`{recipe['model_preset']}` preset, mask ratio {recipe['mask_ratio']}, unlabelled pool {pool} clips. "
         + (f"Chosen on the validation splits of the held-out suite among {len(chosen_from)} recipes run at the same "
            "budget (`docs/demo/recipes.md`)." if chosen_from else "(The fast run: no recipe search.)"), "",
+        _verdict(results["held_out_suite"]), "",
         "## Held-out task suite: test splits, scored once", "",
         "Frozen encoders, linear probe; probe setting, layer and pooling chosen on each task's validation groups; "
         "95 % intervals over resampled test groups (programs or voices), differences paired over the same draws. "
