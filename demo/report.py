@@ -277,7 +277,8 @@ def write_report(report_dir: Path, results: dict, pretraining_dir: Path, actual,
                      f"held-out programs: {low:+.3f} to {high:+.3f})")
     lines += ["", "![Fine-tuning](finetuning.png)", "",
               f"Settings: `{json.dumps(results['settings'], default=str)}`", "",
-              f"Time per stage (s): `{json.dumps(results['timings_seconds'])}`", ""]
+              f"Time per stage (s): `{json.dumps(results['timings_seconds'])}`; the pre-training stages' own run "
+              f"times (s): `{json.dumps(results['pretraining_stage_seconds'])}`", ""]
     for title, file_name in plots:
         lines += [f"## {title}", "", f"![{title}]({file_name})", ""]
     lines += ["## Pipeline on a few test clips", "", "| clip | true family | top predictions |", "|---|---|---|"]

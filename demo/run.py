@@ -18,6 +18,7 @@ end, judged on tasks nobody tuned on.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -255,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         "suite": {name: {key: value for key, value in manifest.items() if key in ("counts", "soundfont", "package")}
                   for name, manifest in manifests.items()},
         "timings_seconds": {**timings, "total": round(time.time() - started, 1)},
+        # What the pre-training cost, even where this run found it done and skipped it (`beats-hf iterate` resumes).
+        "pretraining_stage_seconds": {name: stage.get("seconds") for name, stage in json.loads(
+            (pretraining / "iterations.json").read_text(encoding="utf-8"))["stages"].items()},
         "pipeline_examples": pipeline_examples(output / "finetuned_pretrained", labelled),
     }
     report_dir = output / "report"
