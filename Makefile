@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 # ffmpeg (the program): transformers' audio pipelines decode file paths with it. The demo's held-out task suite:
-# two soundfonts and the Hedgewars voice packs (spoken phrases).
+# two soundfonts, the Hedgewars voice packs (spoken phrases), and the three soundfonts of its diverse pre-training pool.
 APT_PACKAGES := libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4 libavutil57 \
-	ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont hedgewars-data
+	ffmpeg fluidsynth fluid-soundfont-gm timgm6mb-soundfont hedgewars-data \
+	csound-soundfont opl3-soundfont musescore-general-soundfont-small
 
 .PHONY: install test shared-tests demo lint clean system-deps
 
