@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from beats_hf.atomic_files import atomic_write_json, atomic_write_text
+from beats_hf.precision import bf16_is_fast
+from benchmarks.common import machine_description
 
 from .suite import TASKS, build_pool, build_suite, chosen_score, evaluate_suite
 
@@ -79,10 +82,6 @@ SUITE = dict(clips_per_train_program=10, clips_per_validation_program=20, clips_
 
 def precision_flags() -> list[str]:
     """TrainingArguments flags: bf16 where it is fast (see `bf16_is_fast`; Trainer wants `--use_cpu` for CPU bf16)."""
-    import torch
-
-    from beats_hf.precision import bf16_is_fast
-
     on_cpu = not torch.cuda.is_available()
     if not bf16_is_fast(on_cpu):
         return []
@@ -113,14 +112,11 @@ def encoders(recipe: Recipe, pretraining: Path) -> dict[str, str]:
     return {**iterations, "untrained": f"random:{last}", "logmel": "logmel"}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def pretraining_seconds(pretraining: Path) -> dict[str, float | None]:
+    """Each `beats-hf iterate` stage's own run time, from its manifest: a rerun that finds a stage done (and skips
+    it) does not reset it, so this is what the pre-training cost."""
+    stages = json.loads((pretraining / "iterations.json").read_text(encoding="utf-8"))["stages"]
+    return {name: stage.get("seconds") for name, stage in stages.items()}
 
 
 def run_recipe(recipe: Recipe, runs_dir: Path, record: Path = RECORD) -> dict:
@@ -129,17 +125,16 @@ def run_recipe(recipe: Recipe, runs_dir: Path, record: Path = RECORD) -> dict:
     pool = build_pool(suite, dict(recipe.pool))
     run = runs_dir / recipe.name
     run_iterate(recipe, pool, run / "pretraining")
-    # The stages' own run times (`beats-hf iterate`'s manifest): a rerun that finds them done does not reset them.
-    stages = json.loads((run / "pretraining" / "iterations.json").read_text(encoding="utf-8"))["stages"]
-    minutes = sum(stage.get("seconds", 0.0) for stage in stages.values()) / 60
+    minutes = sum(seconds or 0.0 for seconds in pretraining_seconds(run / "pretraining").values()) / 60
     models = encoders(recipe, run / "pretraining")
     # One evaluation gives both: the validation scores that choose, and the test scores, computed once per finished
     # recipe and recorded, but never used to choose.
     results = evaluate_suite(list(models.values()), suite, run / "held_out_suite", test=True)
+    machine = machine_description(torch.get_num_threads())
     row = {
         "recipe": asdict(recipe), "optimizer_steps": recipe.optimizer_steps,
         "pool_clips": sum(dict(recipe.pool).values()),
-        "pretraining_minutes": round(minutes, 1), "cpu": cpu_name(), "cores": _cores(),
+        "pretraining_minutes": round(minutes, 1), "cpu": machine["cpu"], "cores": machine["logical_cpus"],
         "date": time.strftime("%Y-%m-%d"),
         "scores": {task.name: {label: chosen_score(results[task.name], spec) for label, spec in models.items()}
                        for task in TASKS},
@@ -148,12 +143,6 @@ def run_recipe(recipe: Recipe, runs_dir: Path, record: Path = RECORD) -> dict:
     atomic_write_json(record, rows)
     write_table(rows)
     return row
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def read_record(record: Path = RECORD) -> list[dict]:

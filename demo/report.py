@@ -9,6 +9,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .recipes import recipe_score  # noqa: E402
+
 
 def log_history(stage_dir: Path) -> list[dict]:
     state = stage_dir / "trainer_state.json"
@@ -113,8 +115,6 @@ def plot_suite(path: Path, suite: dict) -> None:
 
 def plot_recipes(path: Path, rows: list[dict], chosen: str) -> None:
     """Mean validation score over the suite's tasks of every recipe run at the same budget (the chosen one dark)."""
-    from .recipes import recipe_score
-
     rows = sorted(rows, key=recipe_score)
     figure, axis = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.4))
     names = [row["recipe"]["name"] for row in rows]

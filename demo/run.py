@@ -18,7 +18,6 @@ end, judged on tasks nobody tuned on.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,7 +28,17 @@ import numpy as np
 
 from beats_hf.precision import bf16_is_fast
 
-from .recipes import CHOSEN, RECIPES, SUITE, Recipe, encoders, iteration_comparisons, precision_flags, read_record
+from .recipes import (
+    CHOSEN,
+    RECIPES,
+    SUITE,
+    Recipe,
+    encoders,
+    iteration_comparisons,
+    precision_flags,
+    pretraining_seconds,
+    read_record,
+)
 from .recipes import run_iterate as iterate_recipe
 from .suite import TASKS, build_pool, build_suite, chosen_score, evaluate_suite
 
@@ -44,7 +53,6 @@ class DemoSettings:
     finetune_epochs: float
     finetune_batch_size: int
     finetune_learning_rate: float
-    instrument_soundfont: str | None = None
     seed: int = 0
     # The classifiers see per-frequency-band statistics (`BeatsConfig.classifier_pooling`): the official mean over all
     # patches mixes the bands and lost the pre-trained encoder's lead on the instrument task.
@@ -208,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def build():
         manifests = build_suite(suite_dir, settings.clips_per_train_program, settings.clips_per_validation_program,
-                                settings.clips_per_test_program, settings.fluidr3_pool_clips, seed=settings.seed,
-                                instrument_soundfont=settings.instrument_soundfont)
+                                settings.clips_per_test_program, settings.fluidr3_pool_clips, seed=settings.seed)
         return manifests, build_pool(suite_dir, dict(recipe.pool), seed=settings.seed)
 
     manifests, pool = stage("1/5 building the held-out task suite and the unlabelled pool", build)
@@ -257,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                   for name, manifest in manifests.items()},
         "timings_seconds": {**timings, "total": round(time.time() - started, 1)},
         # What the pre-training cost, even where this run found it done and skipped it (`beats-hf iterate` resumes).
-        "pretraining_stage_seconds": {name: stage.get("seconds") for name, stage in json.loads(
-            (pretraining / "iterations.json").read_text(encoding="utf-8"))["stages"].items()},
+        "pretraining_stage_seconds": pretraining_seconds(pretraining),
         "pipeline_examples": pipeline_examples(output / "finetuned_pretrained", labelled),
     }
     report_dir = output / "report"

@@ -60,7 +60,7 @@ TASKS = (
     HeldOutTask("phrases", "spoken phrase, held-out voices (Hedgewars)", "phrases/labelled", VOICE_PATTERN),
 )
 
-__all__ = ["POOL_SOURCES", "TASKS", "HeldOutTask", "build_pool", "build_suite", "evaluate_suite"]
+__all__ = ["POOL_SOURCES", "TASKS", "HeldOutTask", "build_pool", "build_suite", "chosen_score", "evaluate_suite"]
 
 
 def build_suite(folder: str | Path, clips_per_train_program: int, clips_per_validation_program: int,
@@ -68,7 +68,7 @@ def build_suite(folder: str | Path, clips_per_train_program: int, clips_per_vali
                 instrument_soundfont: str | None = None) -> dict:
     """Renders (or reuses) the three tasks and the FluidR3 pool under `folder`; returns their manifests.
 
-    `instrument_soundfont` replaces FluidR3 for the first task (the fast demo uses the small TimGM6mb)."""
+    `instrument_soundfont` replaces FluidR3 for the first task (tests use the small TimGM6mb: faster renders)."""
     folder = Path(folder)
     counts = dict(clips_per_train_program=clips_per_train_program,
                   clips_per_validation_program=clips_per_validation_program,
