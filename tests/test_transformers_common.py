@@ -33,8 +33,10 @@ missing file is handled (`_load_shared_tests` does all of it):
   visible in it, so no second copy of transformers is imported.
 
 Every test that does not run is listed below with its reason: `SKIPPED` (we skip it), `EXPECTED_FAILURES` (none) and
-`SKIPPED_BY_THE_SHARED_TESTS` (the shared test skips itself: a GPU, a library or a feature BEATs does not have). A skip
-that is in none of them fails (`_documented`). Where a shared test is adapted rather than skipped, the test class
+`SKIPPED_BY_THE_SHARED_TESTS` (the shared test skips itself for a feature BEATs does not have, a task it does not serve,
+...). A shared test that skips itself because this machine lacks hardware (an accelerator, several GPUs, MPS) or a
+library that is not installed is accepted by that reason, whatever its name (`_missing_on_this_machine`), so a new
+GPU-only test upstream does not fail here. Any other skip fails, naming the test and its reason (`_documented`). Where a shared test is adapted rather than skipped, the test class
 says so next to the override.
 """
 
@@ -42,9 +44,11 @@ import contextlib
 import copy
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import sys
 import types
 import unittest
@@ -198,14 +202,28 @@ _OTHER_PIPELINE_TASKS = (
     "zero_shot_audio_classification", "zero_shot_image_classification", "zero_shot_object_detection",
 )  # fmt: skip
 
+# Skips accepted by their reason, whatever the test's name, so that a new hardware test upstream does not fail here:
+# transformers' `require_*` decorators skip with "test requires accelerator", "... multiple CUDA GPUs", "... MPS",
+# "... deepspeed", ... A library reason is accepted only while that library really is missing here.
+_MISSING_HARDWARE = re.compile(r"^test requires .*\b(accelerators?|GPUs?|CUDA|ROCm|XPUs?|NPUs?|HPUs?|MPS|TPUs?)\b")
+_MISSING_LIBRARY = re.compile(r"^test requires (?:the )?`?(?P<name>[A-Za-z][\w.-]*)`?(?: library)?$")
+
+
+def _missing_on_this_machine(reason: str) -> bool:
+    """Whether `reason` says the test needs hardware this machine lacks, or a library that is not installed."""
+    if _MISSING_HARDWARE.search(reason):
+        return True
+    if not (match := _MISSING_LIBRARY.match(reason)):
+        return False
+    name = match["name"]
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.distribution(name)
+        return False
+    return importlib.util.find_spec(name.lower().replace("-", "_")) is None
+
+
+# Skips by name, for the shared tests' other reasons (features BEATs does not have, pipeline tasks it does not serve).
 SKIPPED_BY_THE_SHARED_TESTS = {
-    "They need a GPU, several GPUs or an MPS device; this suite runs on CPU. test_modeling_beats.py has a CPU version "
-    "of the offload tests (a CPU and disk `device_map`) for every class": [
-        "test_can_load_with_device_context_manager", "test_can_load_with_global_device_set", "test_cpu_offload",
-        "test_disk_offload_bin", "test_disk_offload_safetensors", "test_flex_attention_with_grads",
-        "test_model_parallelism", "test_sdpa_can_compile_dynamic", "test_sdpa_can_dispatch_on_flash",
-        "test_flash_attn_kernels_mps_inference_equivalence",
-    ],
     "Flash Attention 2/3/4 and the `kernels` library: not installed, and BEATs declares "
     "`_supports_flash_attn = False` (its gated relative position bias is a float attention mask, which flash kernels "
     "do not take)": [
@@ -269,7 +287,7 @@ def _reason(table: dict[str, list[str]], class_name: str, test_name: str) -> str
 
 def _documented(test_class: type) -> type:
     """Applies `SKIPPED` and `EXPECTED_FAILURES` to `test_class`, and makes every other skip a failure unless
-    `SKIPPED_BY_THE_SHARED_TESTS` gives its reason."""
+    `SKIPPED_BY_THE_SHARED_TESTS` lists it or its reason is something this machine lacks."""
     for name in dir(test_class):
         test = getattr(test_class, name)
         if not name.startswith("test_") or not callable(test):
@@ -279,8 +297,9 @@ def _documented(test_class: type) -> type:
             continue
         expected_failure = _reason(EXPECTED_FAILURES, test_class.__name__, name) is not None
         allowed_skip = _reason(SKIPPED_BY_THE_SHARED_TESTS, test_class.__name__, name) is not None
-        if getattr(test, "__unittest_skip__", False) and not allowed_skip:
-            test = _unlisted_skip(name, test.__unittest_skip_why__)
+        if getattr(test, "__unittest_skip__", False):
+            if not (allowed_skip or _missing_on_this_machine(test.__unittest_skip_why__)):
+                test = _unlisted_skip(name, test.__unittest_skip_why__)
         setattr(test_class, name, _guarded(test, name, allowed_skip, expected_failure))
     return test_class
 
@@ -298,7 +317,7 @@ def _guarded(test, name: str, allowed_skip: bool, expected_failure: bool):
         try:
             return test(self, *args, **kwargs)
         except unittest.SkipTest as skip:
-            if allowed_skip:
+            if allowed_skip or _missing_on_this_machine(str(skip)):
                 raise
             self.fail(f"{name} skipped itself ({skip}) but is not listed in this file")
 
@@ -649,3 +668,47 @@ def test_every_listed_test_exists():
                     and (name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])))
                     for class_name, name in names
                 ), key
+
+
+@pytest.mark.parametrize(
+    ("reason", "accepted"),
+    [
+        ("test requires accelerator", True),
+        ("test requires multiple CUDA GPUs", True),
+        ("test requires a GPU or XPU with more than 40 GiB of memory", True),
+        ("test requires MPS", True),
+        ("test requires deepspeed", importlib.util.find_spec("deepspeed") is None),
+        ("test requires a-library-nobody-installed", True),
+        ("test requires the kernels library", importlib.util.find_spec("kernels") is None),
+        ("test requires PyTorch NPU", True),
+        ("test requires torch", False),  # installed: a skip for it means something else went wrong
+        ("test requires numpy", False),
+        ("test is slow", False),
+        ("Model does not support SDPA", False),
+        ("GPU tests are flaky", False),  # names hardware, but is not a missing-hardware reason
+    ],
+)
+def test_skips_accepted_by_their_reason(reason, accepted):
+    assert _missing_on_this_machine(reason) is accepted
+
+
+def test_an_unlisted_skip_fails_with_its_name_and_reason():
+    class Upstream(TestCase):
+        @unittest.skip("test requires accelerator")
+        def test_new_gpu_test(self):
+            pass
+
+        @unittest.skip("flaky upstream")
+        def test_new_flaky_test(self):
+            pass
+
+        def test_skips_itself(self):
+            self.skipTest("Model has a new feature")
+
+    result = unittest.TestResult()
+    unittest.defaultTestLoader.loadTestsFromTestCase(_documented(Upstream)).run(result)
+    assert [test.id().rpartition(".")[2] for test, _ in result.skipped] == ["test_new_gpu_test"]
+    failures = {test.id().rpartition(".")[2]: message for test, message in result.failures}
+    assert set(failures) == {"test_new_flaky_test", "test_skips_itself"}
+    assert "test_new_flaky_test is skipped (flaky upstream)" in failures["test_new_flaky_test"]
+    assert "test_skips_itself skipped itself (Model has a new feature)" in failures["test_skips_itself"]
